@@ -1,0 +1,422 @@
+"""Segmentation datasets: image/label folders paired by file stem, and the named datasets.
+
+Images: RGB ``.jpg/.jpeg/.png/.bmp`` (Pillow, EXIF orientation applied as OpenCV/mmcv do),
+multi-band ``.tif/.tiff`` (tifffile) and ``.npy`` rasters ``(H, W, C)``.
+Labels: single-channel index maps (``.png/.tif/.tiff/.npy``) or RGB colour PNGs decoded through a
+palette (``class_dict.csv``: ``name,r,g,b``). Label processing follows mmseg's
+``LoadAnnotations``: ``reduce_zero_label`` (0 -> ignore, v -> v-1) first, then ``label_map``.
+
+Named datasets (``DATASETS``):
+- ``NWPU_YRCC2``: river ice, 4 classes, ``train/ train_labels/ val/ val_labels/ [test/ test_labels/]``,
+  raw label values 1..4 with 0 = unlabelled (``reduce_zero_label``), spec icesegnet.md §6.1.
+- ``NWPU_YRCC_EX``: 3 classes, same layout, also ``trainannot/ valannot/ testannot/`` (§6.2).
+- ``Glacier``: ``masked_<id>.npy`` (H, W, 5) + ``<id>.tif`` masks (0/1 or 0/255) in one folder,
+  with a seeded 80/20 split equal to the seed's ``train_test_split(random_state=42)`` on the sorted
+  listing (spec unetpp_glacier_and_lossd.md §A2).
+- ``Folder``: any ``<root>/<split>`` + ``<root>/<split>_labels`` folder pair.
+
+Every problem found in the files raises an error that names the file and the problem; nothing is
+skipped silently.
+"""
+
+import csv
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from iceseg.transforms import build_transforms
+
+IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".npy")
+LABEL_EXTS = (".png", ".tif", ".tiff", ".npy")
+
+NWPU_YRCC2_CLASSES = ("land", "water", "shore ice", "streaming")
+NWPU_YRCC2_PALETTE = ((0, 0, 0), (0, 255, 0), (0, 255, 255), (255, 0, 255))
+NWPU_YRCC_CLASSES = ("others", "water", "shore ice")
+NWPU_YRCC_PALETTE = ((0, 255, 255), (0, 255, 0), (255, 0, 255))
+GLACIER_CLASSES = ("background", "glacier")
+
+NWPU_HELP = (
+    "The NWPU river-ice datasets are published by Northwestern Polytechnical University through Baidu "
+    "Netdisk (link and extraction code in the ICENETv2 / IceSegNet READMEs); they cannot be downloaded "
+    "automatically. To try the pipeline without them, run `python train.py --config demo` (synthetic "
+    "river-ice scenes in the same layout).")
+
+
+# --------------------------------------------------------------------------- file readers
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image or raster as ``(H, W, C)``.
+
+    Args:
+        path: ``.jpg/.jpeg/.png/.bmp`` (converted to RGB uint8, EXIF orientation applied),
+            ``.tif/.tiff`` (tifffile; ``(C, H, W)`` with C <= 32 < H, W is transposed) or ``.npy``.
+
+    Returns:
+        ``(H, W, C)`` array, dtype as stored (uint8 for RGB files).
+
+    Raises:
+        ValueError: unreadable/corrupt file, or not 2-D/3-D, naming the file.
+    """
+    path = Path(path)
+    try:
+        ext = path.suffix.lower()
+        if ext == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        elif ext in (".tif", ".tiff"):
+            import tifffile
+
+            arr = tifffile.imread(path)
+        else:
+            with Image.open(path) as im:
+                arr = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    except Exception as e:
+        raise ValueError(f"{path}: unreadable or corrupt image ({type(e).__name__}: {e})") from e
+    if arr.ndim == 2:
+        arr = arr[:, :, None]  # (H, W, 1)
+    elif arr.ndim == 3 and arr.shape[0] <= 32 and min(arr.shape[1:]) > 32:
+        arr = arr.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
+    if arr.ndim != 3:
+        raise ValueError(f"{path}: expected a 2-D or 3-D image, got shape {arr.shape}")
+    return arr
+
+
+def read_label(path: str | Path, palette: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+    """Read a label map as ``(H, W)`` integers.
+
+    Args:
+        path: index map (``.png/.tif/.tiff/.npy``; palette-mode PNGs give their indices), or an
+            RGB colour PNG, decoded to class indices through ``palette``.
+        palette: ``(K, 3)`` RGB class colours, used only for 3-channel labels.
+
+    Returns:
+        ``(label, from_colour)``: ``(H, W)`` int64 raw values, and True when they were decoded
+        from colours (then they are already class indices).
+
+    Raises:
+        ValueError: unreadable file, a colour label without palette, a colour not in the
+            palette (the message lists a few offending colours), or non-integer values.
+    """
+    path = Path(path)
+    try:
+        ext = path.suffix.lower()
+        if ext == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        elif ext in (".tif", ".tiff"):
+            import tifffile
+
+            arr = tifffile.imread(path)
+        else:
+            with Image.open(path) as im:
+                arr = np.asarray(im.convert("RGB") if im.mode == "RGBA" else im)
+    except Exception as e:
+        raise ValueError(f"{path}: unreadable or corrupt label ({type(e).__name__}: {e})") from e
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]  # (H, W, 1) -> (H, W)
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        if palette is not None:
+            return decode_colour_label(arr, palette, path), True
+        if (arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all():
+            arr = arr[..., 0]  # grey values stored as RGB
+        else:
+            raise ValueError(f"{path}: colour label but no palette (give the dataset a class_dict.csv)")
+    if arr.ndim != 2:
+        raise ValueError(f"{path}: expected a 2-D label map, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer) and not np.all(np.mod(arr, 1) == 0):
+        raise ValueError(f"{path}: label has non-integer values (dtype {arr.dtype})")
+    return arr.astype(np.int64), False
+
+
+def decode_colour_label(rgb: np.ndarray, palette: np.ndarray, path: str | Path = "") -> np.ndarray:
+    """Map an ``(H, W, 3)`` RGB label to ``(H, W)`` int64 palette indices.
+
+    Raises:
+        ValueError: a pixel colour is not in the palette (names the file and up to 5 colours).
+    """
+    palette = np.asarray(palette, dtype=np.int64)
+    codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    pal_codes = (palette[:, 0] << 16) | (palette[:, 1] << 8) | palette[:, 2]
+    order = np.argsort(pal_codes)
+    pos = np.clip(np.searchsorted(pal_codes[order], codes), 0, len(order) - 1)
+    found = pal_codes[order][pos] == codes
+    if not found.all():
+        bad = np.unique(codes[~found])[:5]
+        cols = [((c >> 16) & 255, (c >> 8) & 255, c & 255) for c in bad.tolist()]
+        raise ValueError(f"{path}: {int((~found).sum())} label pixels have colours outside the palette, "
+                         f"e.g. {cols}")
+    return order[pos]
+
+
+def read_class_dict(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """Read a ``class_dict.csv`` (``name,r,g,b`` with a header) into names and a ``(K, 3)`` palette."""
+    path = Path(path)
+    with open(path, newline="") as f:
+        rows = [r for r in csv.reader(f) if r]
+    if not rows or len(rows[0]) < 4:
+        raise ValueError(f"{path}: expected a header and rows 'name,r,g,b'")
+    try:
+        names = [r[0] for r in rows[1:]]
+        palette = np.array([[int(v) for v in r[1:4]] for r in rows[1:]], dtype=np.int64)
+    except ValueError as e:
+        raise ValueError(f"{path}: bad colour value ({e})") from e
+    return names, palette
+
+
+# --------------------------------------------------------------------------- dataset
+
+def pair_by_stem(img_dir: Path, ann_dir: Path | None, img_exts=IMG_EXTS, ann_exts=LABEL_EXTS,
+                 img_glob: str = "*") -> list[tuple[Path, Path | None]]:
+    """Pair images with labels of the same file stem.
+
+    Returns:
+        Sorted ``[(image_path, label_path)]``; label is None when ``ann_dir`` is None.
+
+    Raises:
+        FileNotFoundError: a folder is missing.
+        ValueError: empty image folder, an image without label, a label without image, or two
+            files with the same stem.
+    """
+    img_dir = Path(img_dir)
+    if not img_dir.is_dir():
+        raise FileNotFoundError(f"image folder not found: {img_dir}")
+    images = sorted(p for p in img_dir.glob(img_glob) if p.suffix.lower() in img_exts)
+    if not images:
+        raise ValueError(f"{img_dir}: no images with extensions {', '.join(img_exts)}")
+    if ann_dir is None:
+        return [(p, None) for p in images]
+    ann_dir = Path(ann_dir)
+    if not ann_dir.is_dir():
+        raise FileNotFoundError(f"label folder not found: {ann_dir} (needed for images in {img_dir})")
+    labels: dict[str, Path] = {}
+    for p in sorted(ann_dir.iterdir()):
+        if p.suffix.lower() in ann_exts:
+            if p.stem in labels:
+                raise ValueError(f"{ann_dir}: two labels share the stem {p.stem!r}: {labels[p.stem].name}, {p.name}")
+            labels[p.stem] = p
+    pairs, seen = [], set()
+    for img in images:
+        if img.stem in seen:
+            raise ValueError(f"{img_dir}: two images share the stem {img.stem!r}")
+        seen.add(img.stem)
+        if img.stem not in labels:
+            raise ValueError(f"{img}: missing label; expected {ann_dir / img.stem}"
+                             f"{{{','.join(ann_exts)}}}")
+        pairs.append((img, labels[img.stem]))
+    extra = sorted(set(labels) - seen)
+    if extra:
+        raise ValueError(f"{ann_dir / labels[extra[0]].name}: label without image in {img_dir} "
+                         f"({len(extra)} such labels)")
+    return pairs
+
+
+class SegDataset(torch.utils.data.Dataset):
+    """Image/label pairs with label decoding, validation and a joint transform pipeline.
+
+    Args:
+        pairs: ``[(image_path, label_path or None)]``.
+        num_classes: valid label values after decoding are ``0..num_classes-1`` and ``ignore_index``.
+        in_channels: required image band count.
+        ignore_index: label value excluded from loss and metrics (default 255).
+        reduce_zero_label: raw 0 -> ignore, v -> v-1 (mmseg).
+        label_map: ``{raw: class}`` applied after ``reduce_zero_label``.
+        palette: ``(K, 3)`` RGB colours for colour-coded labels.
+        binary_mask: labels are 0/1 or 0/255 masks mapped to {0, 1} (the glacier masks).
+        pipeline: transform specs (``iceseg.transforms.build_transforms``).
+        seed: base seed; sample ``i`` in epoch ``e`` draws from ``default_rng([seed, e, i])``.
+
+    ``__getitem__`` returns ``{"img": (C, H, W) float32, "label": (H, W) int64 (ignore = 255;
+    all ignore when there is no label), "name": file stem}``.
+    """
+
+    def __init__(self, pairs, num_classes: int, in_channels: int, ignore_index: int = 255,
+                 reduce_zero_label: bool = False, label_map: dict | None = None, palette=None,
+                 binary_mask: bool = False, pipeline: list | None = None, seed: int = 0):
+        self.pairs = list(pairs)
+        if not self.pairs:
+            raise ValueError("dataset is empty")
+        self.num_classes, self.in_channels, self.ignore_index = num_classes, in_channels, ignore_index
+        self.reduce_zero_label, self.binary_mask = reduce_zero_label, binary_mask
+        self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
+        self.palette = None if palette is None else np.asarray(palette)
+        self.transform = build_transforms(pipeline or [])
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the augmentation stream (call with the sampler's ``set_epoch``)."""
+        self.epoch = epoch
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Read and check pair ``i`` before augmentation: ``(H, W, C)`` image, ``(H, W)`` int64 label."""
+        img_path, ann_path = self.pairs[i]
+        img = read_image(img_path)
+        if img.shape[2] != self.in_channels:
+            raise ValueError(f"{img_path}: has {img.shape[2]} channels, the config expects {self.in_channels}")
+        if ann_path is None:
+            return img, None
+        label, from_colour = read_label(ann_path, self.palette)
+        if label.shape != img.shape[:2]:
+            raise ValueError(f"{ann_path}: label size {label.shape[1]}x{label.shape[0]} (WxH) differs from "
+                             f"image {img_path.name} size {img.shape[1]}x{img.shape[0]}")
+        return img, self.decode_label(label, ann_path, from_colour)
+
+    def decode_label(self, label: np.ndarray, path, from_colour: bool = False) -> np.ndarray:
+        """Apply mask binarisation / ``reduce_zero_label`` (index labels only) / ``label_map``, check values."""
+        values = np.unique(label)
+        if self.binary_mask:
+            if set(values.tolist()) <= {0, 1}:
+                return label
+            if set(values.tolist()) <= {0, 255}:
+                return (label > 127).astype(np.int64)
+            raise ValueError(f"{path}: mask values {values[:8].tolist()} are neither 0/1 nor 0/255")
+        reduce = self.reduce_zero_label and not from_colour
+        if reduce:
+            label = np.where(label == 0, 255, label - 1)
+            label[label == 254] = 255
+        if self.label_map:
+            out = label.copy()
+            for raw, new in self.label_map.items():
+                out[label == raw] = new
+            label = out
+        values = np.unique(label)
+        bad = values[((values < 0) | (values >= self.num_classes)) & (values != self.ignore_index)]
+        if bad.size:
+            raw = bad + 1 if reduce else bad
+            raise ValueError(f"{path}: label values {raw[:8].tolist()} (raw) outside the class set "
+                             f"0..{self.num_classes - 1}" + (" after reduce_zero_label" if reduce else "")
+                             + f" and ignore {self.ignore_index}")
+        return label
+
+    def __getitem__(self, i: int) -> dict:
+        img, label = self.load(i)
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        img, label = self.transform(img, label, rng)
+        if label is None:
+            label = np.full(img.shape[:2], self.ignore_index, dtype=np.int64)
+        img_t = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32))  # (C, H, W)
+        return {"img": img_t, "label": torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64)),
+                "name": self.pairs[i][0].stem}
+
+
+# --------------------------------------------------------------------------- named datasets
+
+def _nwpu(cfg, split: str, pipeline: list, seed: int, classes, ann_alts: tuple) -> SegDataset:
+    root = Path(cfg.root)
+    if not (root / split).is_dir():
+        raise FileNotFoundError(
+            f"dataset folder {root / split} not found. Expected layout: {root}/train/*.jpg, "
+            f"{root}/train_labels/*.png, {root}/val/, {root}/val_labels/ [, test/, test_labels/]; labels are "
+            f"single-channel PNGs with raw values 1..{len(classes)} ({', '.join(classes)}) and 0 = unlabelled. "
+            + NWPU_HELP)
+    ann = next((root / f"{split}{alt}" for alt in ann_alts if (root / f"{split}{alt}").is_dir()),
+               root / f"{split}{ann_alts[0]}")
+    palette = None  # RGB colour labels (the original NWPU release) decode through class_dict.csv
+    if (root / "class_dict.csv").is_file():
+        _, palette = read_class_dict(root / "class_dict.csv")
+    return SegDataset(pair_by_stem(root / split, ann), num_classes=len(classes), in_channels=cfg.in_channels,
+                      ignore_index=cfg.ignore_index, reduce_zero_label=True, label_map=cfg.label_map,
+                      palette=palette, pipeline=pipeline, seed=seed)
+
+
+def nwpu_yrcc2(cfg, split, pipeline, seed=0) -> SegDataset:
+    """NWPU_YRCC2 (4 classes): 1-based index labels (0 ignored), or RGB colours via ``class_dict.csv``."""
+    return _nwpu(cfg, split, pipeline, seed, NWPU_YRCC2_CLASSES, ("_labels",))
+
+
+def nwpu_yrcc_ex(cfg, split, pipeline, seed=0) -> SegDataset:
+    """NWPU_YRCC_EX (3 classes); accepts ``<split>_labels/`` or the release's ``<split>annot/``."""
+    return _nwpu(cfg, split, pipeline, seed, NWPU_YRCC_CLASSES, ("_labels", "annot"))
+
+
+def glacier_split(ids: list[str], val_fraction: float, seed: int, group: bool) -> tuple[list[int], list[int]]:
+    """Seeded train/val split of sorted tile ids.
+
+    Without ``group`` it equals scikit-learn's ``train_test_split(range(N), test_size=val_fraction,
+    random_state=seed)``: ``RandomState(seed).permutation(N)``, the first ``ceil(f*N)`` indices are
+    validation. With ``group`` the same rule splits the distinct tile ids (``_aug_<i>`` removed) so
+    augmented copies of one tile never straddle the split.
+
+    Returns:
+        (train_indices, val_indices) into ``ids``.
+    """
+    keys = [re.sub(r"_aug_\d+$", "", s) for s in ids] if group else list(ids)
+    uniq = sorted(set(keys))
+    n_val = math.ceil(val_fraction * len(uniq))
+    perm = np.random.RandomState(seed).permutation(len(uniq))
+    val_keys = {uniq[j] for j in perm[:n_val]}
+    train = [i for i, k in enumerate(keys) if k not in val_keys]
+    val = [i for i, k in enumerate(keys) if k in val_keys]
+    if not group:  # keep sklearn's index order
+        train, val = perm[n_val:].tolist(), perm[:n_val].tolist()
+    return train, val
+
+
+def glacier(cfg, split, pipeline, seed=0) -> SegDataset:
+    """GlacierHack-style rasters: ``masked_<id>.npy`` (H, W, 5) and ``<id>.tif`` masks in ``root``."""
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"glacier folder {root} not found. Expected {root}/masked_<id>.npy (H, W, 5 bands "
+                                f"scaled to 0..1) with masks {root}/<id>.tif (0/1 or 0/255).")
+    images = sorted(root.glob("masked_*.npy"))
+    if not images:
+        raise ValueError(f"{root}: no masked_<id>.npy files")
+    pairs = []
+    for p in images:
+        tile = p.stem[len("masked_"):]
+        mask = next((root / f"{tile}{e}" for e in (".tif", ".tiff") if (root / f"{tile}{e}").is_file()), None)
+        if mask is None:
+            raise ValueError(f"{p}: missing label; expected {root / (tile + '.tif')}")
+        pairs.append((p, mask))
+    train, val = glacier_split([p.stem[len("masked_"):] for p, _ in pairs], cfg.val_fraction, cfg.split_seed,
+                               cfg.group_split)
+    if split not in ("train", "val"):
+        raise ValueError(f"Glacier has splits 'train' and 'val', not {split!r}")
+    chosen = [pairs[i] for i in (train if split == "train" else val)]
+    if not chosen:
+        raise ValueError(f"{root}: the {split} split is empty ({len(pairs)} tiles, val_fraction {cfg.val_fraction})")
+    return SegDataset(chosen, num_classes=2, in_channels=cfg.in_channels, binary_mask=True, pipeline=pipeline,
+                      seed=seed)
+
+
+def folder(cfg, split, pipeline, seed=0) -> SegDataset:
+    """Generic ``<root>/<split>`` + ``<root>/<split>_labels`` pairs (optional ``class_dict.csv``)."""
+    root = Path(cfg.root)
+    palette = read_class_dict(root / "class_dict.csv")[1] if (root / "class_dict.csv").is_file() else None
+    return SegDataset(pair_by_stem(root / split, root / f"{split}_labels"), num_classes=cfg.num_classes,
+                      in_channels=cfg.in_channels, ignore_index=cfg.ignore_index,
+                      reduce_zero_label=cfg.reduce_zero_label, label_map=cfg.label_map, palette=palette,
+                      pipeline=pipeline, seed=seed)
+
+
+DATASETS = {"NWPU_YRCC2": nwpu_yrcc2, "NWPU_YRCC_EX": nwpu_yrcc_ex, "Glacier": glacier, "Folder": folder}
+
+
+def prepare_data(cfg) -> None:
+    """Generate the configured synthetic dataset under ``cfg.root`` when it is absent (call on rank 0)."""
+    if not cfg.synthetic:
+        return
+    from iceseg import synthetic
+
+    if cfg.synthetic == "river_ice":
+        synthetic.make_river_ice_dataset(cfg.root)
+    elif cfg.synthetic == "glacier":
+        synthetic.make_glacier_dataset(cfg.root)
+    else:
+        raise ValueError(f"data.synthetic must be '', 'river_ice' or 'glacier', not {cfg.synthetic!r}")
+
+
+def build_dataset(cfg, split: str, train: bool, seed: int = 0) -> SegDataset:
+    """Build a dataset from a ``DataConfig`` for ``split`` with the train or test pipeline.
+
+    Raises:
+        KeyError: unknown dataset name (lists the valid ones).
+    """
+    if cfg.dataset not in DATASETS:
+        raise KeyError(f"unknown dataset {cfg.dataset!r}; valid: {', '.join(sorted(DATASETS))}")
+    pipeline = cfg.train_pipeline if train else cfg.test_pipeline
+    return DATASETS[cfg.dataset](cfg, split, pipeline, seed)
