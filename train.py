@@ -1,0 +1,296 @@
+"""Train a segmentation model from a named config. One script, read top to bottom.
+
+    python train.py --list-configs
+    python train.py --config demo                                   # one process (CPU or one GPU)
+    torchrun --standalone --nproc_per_node=2 train.py --config unetpp_glacier_debug
+    torchrun --standalone --nproc_per_node=8 train.py --config unetpp_glacier --optim.lr=2e-4 --train.amp=bf16
+
+Rerunning the same command resumes from ``<work_dir>/last.pt`` (``--train.resume=False`` starts
+over). Outputs in the work dir: ``config.json``, ``log.jsonl`` (one JSON object per log/eval
+event), ``last.pt`` and ``best.pt`` (written atomically; loadable with ``weights_only=True``).
+"""
+
+import contextlib
+import json
+import math
+import os
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+import configs
+import iceseg
+from iceseg import dist
+from iceseg.checkpoint import load_checkpoint, save_checkpoint
+from iceseg.data import build_dataset, prepare_data
+from iceseg.inference import predict
+from iceseg.metrics import ConfusionMatrix, format_table
+from iceseg.segmentor import build_model
+
+# ----------------------------------------------------------------------------- config
+if "--list-configs" in sys.argv:
+    print("\n".join(configs.list_configs()))
+    sys.exit(0)
+if "--config" not in sys.argv[1:-1]:
+    sys.exit("usage: train.py --config NAME [--section.key=value ...]   (see --list-configs)")
+_i = sys.argv.index("--config")
+try:
+    cfg = configs.get_config(sys.argv[_i + 1])
+    overrides = configs.apply_overrides(cfg, sys.argv[1:_i] + sys.argv[_i + 2:])
+except (KeyError, TypeError, ValueError) as e:
+    sys.exit(f"error: {e.args[0]}")
+T, D, O, S, E = cfg.train, cfg.data, cfg.optim, cfg.schedule, cfg.eval
+if T.amp not in ("none", "bf16", "fp16"):
+    sys.exit(f"--train.amp must be none, bf16 or fp16, not {T.amp!r}")
+
+# ----------------------------------------------------------------------------- distributed
+rank, world, device = dist.init_distributed(T.device)
+print0 = dist.print0
+for o in overrides:
+    print0(f"override: {o}")
+torch.manual_seed(T.seed + rank)
+random.seed(T.seed + rank)
+np.random.seed(T.seed + rank)
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+work_dir = Path(T.work_dir)
+if rank == 0:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / "config.json").write_text(json.dumps(configs.to_dict(cfg), indent=2))
+
+
+def log_json(event: dict) -> None:
+    """Append one JSON line to work_dir/log.jsonl (rank 0 only)."""
+    if rank == 0:
+        with open(work_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(event) + "\n")
+
+
+# ----------------------------------------------------------------------------- data
+if rank == 0:
+    prepare_data(D)  # synthetic datasets are generated once, by rank 0
+dist.barrier()
+try:
+    train_set = build_dataset(D, D.train_split, train=True, seed=T.seed)
+    val_set = build_dataset(D, D.val_split, train=False)
+except (FileNotFoundError, KeyError, ValueError) as e:
+    sys.exit(f"error: {e.args[0]}")
+val_shard = Subset(val_set, list(range(rank, len(val_set), world)))  # no padding: unbiased metrics
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that can start its next epoch at a given position (exact resume)."""
+
+    skip = 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())[self.skip:]
+        self.skip = 0
+        return iter(indices)
+
+
+sampler = ResumableSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=T.seed, drop_last=True)
+loader_kw = dict(num_workers=D.num_workers, pin_memory=device.type == "cuda",
+                 persistent_workers=False)  # workers restart each epoch so set_epoch reaches them
+train_loader = DataLoader(train_set, batch_size=D.batch_size, sampler=sampler, drop_last=True, **loader_kw)
+val_loader = DataLoader(val_shard, batch_size=1, shuffle=False, **loader_kw)
+iters_per_epoch = len(train_loader) // T.accum_steps
+if iters_per_epoch == 0:
+    sys.exit(f"the training set has {len(train_set)} samples: too few for batch {D.batch_size} x "
+             f"{T.accum_steps} accumulation steps x {world} processes")
+by_epoch = T.max_epochs > 0
+max_iters = T.max_epochs * iters_per_epoch if by_epoch else T.max_iters
+unit = iters_per_epoch if by_epoch else 1  # val/ckpt intervals count epochs or iterations
+print0(f"{cfg.name}: {len(train_set)} train / {len(val_set)} val samples, {world} process(es) on {device}, "
+       f"{max_iters} iterations ({iters_per_epoch} per epoch)")
+
+# ----------------------------------------------------------------------------- model, optimizer, schedule
+model = build_model(cfg).to(device)
+if T.sync_bn and world > 1 and device.type == "cuda":
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+print0(f"model {cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters")
+
+groups: dict[tuple, list] = {}
+for name, p in model.named_parameters():
+    if not p.requires_grad:
+        continue
+    wd = 0.0 if any(s in name for s in O.no_decay) else O.weight_decay
+    mult = next((m for s, m in O.lr_mult.items() if s in name), 1.0)
+    groups.setdefault((wd, mult), []).append(p)
+param_groups = [{"params": ps, "weight_decay": wd, "lr_mult": m} for (wd, m), ps in groups.items()]
+if O.name == "adamw":
+    optimizer = torch.optim.AdamW(param_groups, lr=O.lr, betas=O.betas, eps=O.eps)
+elif O.name == "adam":
+    optimizer = torch.optim.Adam(param_groups, lr=O.lr, betas=O.betas, eps=O.eps)
+elif O.name == "sgd":
+    optimizer = torch.optim.SGD(param_groups, lr=O.lr, momentum=O.momentum)
+else:
+    sys.exit(f"--optim.name must be adamw, adam or sgd, not {O.name!r}")
+if S.name not in ("constant", "cosine", "poly", "plateau"):
+    sys.exit(f"--schedule.name must be constant, cosine, poly or plateau, not {S.name!r}")
+plateau = {"scale": 1.0, "best": None, "bad": 0}  # ReduceLROnPlateau state (torch semantics, 'rel' threshold)
+
+
+def get_lr(it: int) -> float:
+    """Learning rate at iteration ``it``: linear warm-up, then cosine / poly / constant / plateau."""
+    if it < S.warmup_iters:
+        return O.lr * (S.warmup_ratio + (1 - S.warmup_ratio) * it / S.warmup_iters)
+    t = it - S.warmup_iters
+    if S.name == "cosine":
+        t_max = S.t_max or max(max_iters - S.warmup_iters, 1)
+        return S.min_lr + (O.lr - S.min_lr) * (1 + math.cos(math.pi * t / t_max)) / 2
+    if S.name == "poly":
+        frac = min(t / max(max_iters - S.warmup_iters, 1), 1.0)
+        return S.min_lr + (O.lr - S.min_lr) * (1 - frac) ** S.power
+    return O.lr * plateau["scale"]
+
+
+def plateau_step(value: float) -> None:
+    """ReduceLROnPlateau.step on a validation metric (mode from train.best_mode)."""
+    best = plateau["best"]
+    better = best is None or (value > best * (1 + S.plateau_threshold) if T.best_mode == "max"
+                              else value < best * (1 - S.plateau_threshold))
+    plateau["best"], plateau["bad"] = (value, 0) if better else (best, plateau["bad"] + 1)
+    if plateau["bad"] > S.plateau_patience:
+        plateau["scale"] *= S.plateau_factor
+        plateau["bad"] = 0
+        print0(f"plateau: lr reduced to {O.lr * plateau['scale']:.3g}")
+
+
+amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(T.amp)
+scaler = torch.amp.GradScaler(device.type, enabled=T.amp == "fp16")
+
+# ----------------------------------------------------------------------------- resume (before compile and DDP)
+start_iter, best = 0, None
+if T.resume and (work_dir / "last.pt").is_file():
+    ckpt = load_checkpoint(work_dir / "last.pt")
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    plateau.update(ckpt["plateau"])
+    start_iter, best = ckpt["iter"], ckpt["best"]
+    torch.set_rng_state(ckpt["rng"][rank % len(ckpt["rng"])])
+    print0(f"resumed from {work_dir / 'last.pt'} at iteration {start_iter}")
+model_without_ddp = model
+if T.compile:
+    model = torch.compile(model)
+if world > 1:
+    model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate() -> dict:
+    """Metrics of the current model on the validation set (all ranks; matrix all-reduced)."""
+    model_without_ddp.eval()
+    cm = ConfusionMatrix(D.num_classes, D.ignore_index, device=device)
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        for batch in val_loader:
+            img, label = batch["img"].to(device), batch["label"].to(device)
+            probs = predict(model_without_ddp, img, E.mode, E.crop_size, E.stride, E.size_divisor, E.resize)
+            cm.update(probs.argmax(1), label)
+    cm.all_reduce()
+    model_without_ddp.train()
+    return cm.compute()
+
+
+def save(path: Path, it: int) -> None:
+    """Write a plain-data checkpoint (rank 0 writes; RNG states gathered from every rank)."""
+    rng = [torch.get_rng_state()]
+    if world > 1:
+        rng = [None] * world
+        torch.distributed.all_gather_object(rng, torch.get_rng_state())
+    if rank == 0:
+        save_checkpoint({"model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scaler": scaler.state_dict(), "plateau": dict(plateau), "iter": it,
+                         "epoch": it // iters_per_epoch, "best": best, "rng": rng,
+                         "config": configs.to_dict(cfg), "version": iceseg.__version__}, path)
+
+
+# ----------------------------------------------------------------------------- training loop
+def batches(it: int):
+    """Yield (epoch, batch) forever from iteration ``it`` on, restoring the in-epoch position."""
+    epoch = it // iters_per_epoch
+    sampler.skip = (it % iters_per_epoch) * T.accum_steps * D.batch_size
+    while True:
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        for batch in train_loader:
+            yield epoch, batch
+        epoch += 1
+        sampler.skip = 0
+
+
+model.train()
+stream = batches(start_iter)
+t0, t_last, n_bad = time.time(), time.time(), 0
+for it in range(start_iter, max_iters):
+    lr = get_lr(it)
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g["lr_mult"]
+    loss_sum = torch.zeros((), device=device)
+    for micro in range(T.accum_steps):
+        epoch, batch = next(stream)
+        img = batch["img"].to(device, non_blocking=True)
+        label = batch["label"].to(device, non_blocking=True)
+        sync = contextlib.nullcontext() if world == 1 or micro == T.accum_steps - 1 else model.no_sync()
+        with sync:
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                losses = model(img, label)
+                loss = sum(losses.values()) / T.accum_steps
+            scaler.scale(loss).backward()
+        loss_sum += loss.detach()
+    loss_all = dist.all_reduce_mean(loss_sum)
+    if not torch.isfinite(loss_all):
+        n_bad += 1
+        optimizer.zero_grad(set_to_none=True)
+        print0(f"iter {it + 1}: non-finite loss, step skipped ({n_bad} in a row)")
+        if n_bad >= 5:
+            save(work_dir / "last.pt", it)
+            sys.exit("stopping: 5 consecutive non-finite losses (last.pt saved)")
+        continue
+    n_bad = 0
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), O.clip_grad if O.clip_grad > 0 else float("inf"))
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    done = it + 1
+
+    if done % T.log_interval == 0 or done == max_iters:
+        dt = time.time() - t_last
+        t_last = time.time()
+        speed = T.log_interval / dt if dt > 0 else 0.0
+        eta = (max_iters - done) * (time.time() - t0) / (done - start_iter)
+        mem = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
+        print0(f"iter {done}/{max_iters} epoch {epoch + 1} loss {loss_all.item():.4f} lr {lr:.3g} "
+               f"grad {grad_norm.item():.3f} {speed:.2f} it/s eta {time.strftime('%H:%M:%S', time.gmtime(eta))} "
+               f"mem {mem:.2f} GiB")
+        log_json({"event": "train", "iter": done, "epoch": epoch + 1, "loss": loss_all.item(), "lr": lr,
+                  "grad_norm": grad_norm.item(), "it_per_s": speed, "mem_gib": mem,
+                  **{k: dist.all_reduce_mean(v.detach()).item() for k, v in losses.items()}})
+
+    if done % (T.val_interval * unit) == 0 or done == max_iters:
+        metrics = evaluate()
+        value = metrics[T.best_metric]
+        print0(format_table(metrics, E.class_names or [str(c) for c in range(D.num_classes)]))
+        log_json({"event": "val", "iter": done, "epoch": done // iters_per_epoch, **metrics})
+        if best is None or (value > best if T.best_mode == "max" else value < best):
+            best = value
+            save(work_dir / "best.pt", done)
+            print0(f"new best {T.best_metric} {value:.4f} at iteration {done}: {work_dir / 'best.pt'}")
+        if S.name == "plateau":
+            plateau_step(value)
+    if done % (T.ckpt_interval * unit) == 0 or done == max_iters:
+        save(work_dir / "last.pt", done)
+
+print0(f"done: {max_iters} iterations, best {T.best_metric} {best}")
+dist.barrier()  # let rank 0 finish writing before the group goes away
+dist.cleanup()
