@@ -11,6 +11,7 @@ event), ``last.pt`` and ``best.pt`` (written atomically; loadable with ``weights
 """
 
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -271,7 +272,7 @@ for it in range(start_iter, max_iters):
         mem = (torch.cuda.max_memory_allocated() if device.type == "cuda"
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
         print0(f"iter {done}/{max_iters} epoch {epoch + 1} loss {loss_all.item():.4f} lr {lr:.3g} "
-               f"grad {grad_norm.item():.3f} {speed:.2f} it/s eta {time.strftime('%H:%M:%S', time.gmtime(eta))} "
+               f"grad {grad_norm.item():.3f} {speed:.2f} it/s eta {datetime.timedelta(seconds=int(eta))} "
                f"mem {mem:.2f} GiB")
         log_json({"event": "train", "iter": done, "epoch": epoch + 1, "loss": loss_all.item(), "lr": lr,
                   "grad_norm": grad_norm.item(), "it_per_s": speed, "mem_gib": mem,
