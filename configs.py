@@ -78,6 +78,8 @@ class ScheduleConfig:
     plateau_factor: float = 0.5  # plateau: lr *= factor
     plateau_patience: int = 5  # plateau: evaluations without improvement before a cut
     plateau_threshold: float = 1e-4  # plateau: relative improvement that counts
+    plateau_metric: str = ""  # plateau: validation metric to watch, "" = train.best_metric
+    plateau_mode: str = ""  # plateau: "max" or "min", "" = train.best_mode
 
 
 @dataclass
@@ -93,6 +95,7 @@ class TrainConfig:
     amp: str = "none"  # "none", "bf16" or "fp16" (fp16 uses a GradScaler)
     best_metric: str = "mIoU"  # metric that selects best.pt and drives the plateau schedule
     best_mode: str = "max"  # "max" or "min"
+    early_stop_patience: int = 0  # stop after this many evaluations without a new best, 0 = never
     resume: bool = True  # continue from work_dir/last.pt when it exists
     sync_bn: bool = True  # convert BatchNorm to SyncBatchNorm on CUDA with world size > 1
     compile: bool = False  # torch.compile the model
@@ -101,6 +104,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    evaluator: str = "seg"  # name in iceseg.evaluation.EVALUATORS
     mode: str = "whole"  # "whole" or "slide"
     crop_size: tuple = (512, 512)  # slide window (h, w)
     stride: tuple = (341, 341)  # slide stride (h, w)

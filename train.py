@@ -31,8 +31,7 @@ import iceseg
 from iceseg import dist
 from iceseg.checkpoint import load_checkpoint, save_checkpoint
 from iceseg.data import build_dataset, prepare_data
-from iceseg.inference import predict
-from iceseg.metrics import ConfusionMatrix, format_table
+from iceseg.evaluation import build_evaluator, to_device
 from iceseg.segmentor import build_model
 
 # ----------------------------------------------------------------------------- config
@@ -47,7 +46,7 @@ try:
     overrides = configs.apply_overrides(cfg, sys.argv[1:_i] + sys.argv[_i + 2:])
 except (KeyError, TypeError, ValueError) as e:
     sys.exit(f"error: {e.args[0]}")
-T, D, O, S, E = cfg.train, cfg.data, cfg.optim, cfg.schedule, cfg.eval
+T, D, O, S = cfg.train, cfg.data, cfg.optim, cfg.schedule
 if T.amp not in ("none", "bf16", "fp16"):
     sys.exit(f"--train.amp must be none, bf16 or fp16, not {T.amp!r}")
 
@@ -154,9 +153,10 @@ def get_lr(it: int) -> float:
 
 
 def plateau_step(value: float) -> None:
-    """ReduceLROnPlateau.step on a validation metric (mode from train.best_mode)."""
+    """ReduceLROnPlateau.step on a validation metric (schedule.plateau_metric / plateau_mode)."""
     best = plateau["best"]
-    better = best is None or (value > best * (1 + S.plateau_threshold) if T.best_mode == "max"
+    mode = S.plateau_mode or T.best_mode
+    better = best is None or (value > best * (1 + S.plateau_threshold) if mode == "max"
                               else value < best * (1 - S.plateau_threshold))
     plateau["best"], plateau["bad"] = (value, 0) if better else (best, plateau["bad"] + 1)
     if plateau["bad"] > S.plateau_patience:
@@ -169,14 +169,14 @@ amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(T.amp)
 scaler = torch.amp.GradScaler(device.type, enabled=T.amp == "fp16")
 
 # ----------------------------------------------------------------------------- resume (before compile and DDP)
-start_iter, best = 0, None
+start_iter, best, n_stale = 0, None, 0
 if T.resume and (work_dir / "last.pt").is_file():
     ckpt = load_checkpoint(work_dir / "last.pt")
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scaler.load_state_dict(ckpt["scaler"])
     plateau.update(ckpt["plateau"])
-    start_iter, best = ckpt["iter"], ckpt["best"]
+    start_iter, best, n_stale = ckpt["iter"], ckpt["best"], ckpt["stale"]
     torch.set_rng_state(ckpt["rng"][rank % len(ckpt["rng"])])
     print0(f"resumed from {work_dir / 'last.pt'} at iteration {start_iter}")
 model_without_ddp = model
@@ -187,18 +187,18 @@ if world > 1:
 
 
 # ----------------------------------------------------------------------------- evaluation
+evaluator_for_table = build_evaluator(cfg, device)
+
+
 def evaluate() -> dict:
-    """Metrics of the current model on the validation set (all ranks; matrix all-reduced)."""
+    """Metrics of the current model on the validation set (every rank runs its shard; all-reduced)."""
     model_without_ddp.eval()
-    cm = ConfusionMatrix(D.num_classes, D.ignore_index, device=device)
-    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+    ev = build_evaluator(cfg, device)
+    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         for batch in val_loader:
-            img, label = batch["img"].to(device), batch["label"].to(device)
-            probs = predict(model_without_ddp, img, E.mode, E.crop_size, E.stride, E.size_divisor, E.resize)
-            cm.update(probs.argmax(1), label)
-    cm.all_reduce()
+            ev.update(model_without_ddp, to_device(batch, device))
     model_without_ddp.train()
-    return cm.compute()
+    return ev.compute()
 
 
 def save(path: Path, it: int) -> None:
@@ -210,7 +210,7 @@ def save(path: Path, it: int) -> None:
     if rank == 0:
         save_checkpoint({"model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict(), "plateau": dict(plateau), "iter": it,
-                         "epoch": it // iters_per_epoch, "best": best, "rng": rng,
+                         "epoch": it // iters_per_epoch, "best": best, "stale": n_stale, "rng": rng,
                          "config": configs.to_dict(cfg), "version": iceseg.__version__}, path)
 
 
@@ -230,7 +230,7 @@ def batches(it: int):
 
 model.train()
 stream = batches(start_iter)
-t0, t_last, n_bad = time.time(), time.time(), 0
+t0, t_last, n_bad, done = time.time(), time.time(), 0, start_iter
 for it in range(start_iter, max_iters):
     lr = get_lr(it)
     for g in optimizer.param_groups:
@@ -238,12 +238,11 @@ for it in range(start_iter, max_iters):
     loss_sum = torch.zeros((), device=device)
     for micro in range(T.accum_steps):
         epoch, batch = next(stream)
-        img = batch["img"].to(device, non_blocking=True)
-        label = batch["label"].to(device, non_blocking=True)
+        batch = to_device(batch, device)
         sync = contextlib.nullcontext() if world == 1 or micro == T.accum_steps - 1 else model.no_sync()
         with sync:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                losses = model(img, label)
+                losses = model(batch["img"], batch["label"])  # label: tensor or {task: tensor}
                 loss = sum(losses.values()) / T.accum_steps
             scaler.scale(loss).backward()
         loss_sum += loss.detach()
@@ -281,17 +280,23 @@ for it in range(start_iter, max_iters):
     if done % (T.val_interval * unit) == 0 or done == max_iters:
         metrics = evaluate()
         value = metrics[T.best_metric]
-        print0(format_table(metrics, E.class_names or [str(c) for c in range(D.num_classes)]))
+        print0(evaluator_for_table.table(metrics))
         log_json({"event": "val", "iter": done, "epoch": done // iters_per_epoch, **metrics})
         if best is None or (value > best if T.best_mode == "max" else value < best):
-            best = value
+            best, n_stale = value, 0
             save(work_dir / "best.pt", done)
             print0(f"new best {T.best_metric} {value:.4f} at iteration {done}: {work_dir / 'best.pt'}")
+        else:
+            n_stale += 1
         if S.name == "plateau":
-            plateau_step(value)
+            plateau_step(metrics[S.plateau_metric or T.best_metric])
+        if T.early_stop_patience and n_stale >= T.early_stop_patience:
+            save(work_dir / "last.pt", done)
+            print0(f"early stop: {T.best_metric} did not improve in {n_stale} evaluations")
+            break
     if done % (T.ckpt_interval * unit) == 0 or done == max_iters:
         save(work_dir / "last.pt", done)
 
-print0(f"done: {max_iters} iterations, best {T.best_metric} {best}")
+print0(f"done: {done} iterations, best {T.best_metric} {best}")
 dist.barrier()  # let rank 0 finish writing before the group goes away
 dist.cleanup()

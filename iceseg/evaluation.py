@@ -1,0 +1,102 @@
+"""Evaluators: run inference on validation/test batches, accumulate metrics, optionally draw PNGs.
+
+train.py and test.py use only this interface, so a task with other outputs (multi-task charts,
+boundary metrics) plugs in by adding an evaluator class and an entry in ``EVALUATORS``:
+
+    ev = build_evaluator(cfg, device)
+    for batch in loader:              # dicts from the dataset, already on ``device``
+        ev.update(model, batch, show_dir=None, tta=False)
+    metrics = ev.compute()            # all-reduced across ranks; plain JSON-able dict
+    print(ev.table(metrics))
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from iceseg.inference import predict
+from iceseg.metrics import ConfusionMatrix, format_table
+
+
+def colourise(pred: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """``(H, W)`` class indices -> ``(H, W, 3)`` uint8 RGB through ``palette`` ``(K, 3)``."""
+    return palette[np.clip(pred, 0, len(palette) - 1)].astype(np.uint8)
+
+
+def display_image(img: torch.Tensor) -> np.ndarray:
+    """``(C, H, W)`` float image -> ``(H, W, 3)`` uint8, each band min-max stretched (first 3 bands)."""
+    x = img[:3] if img.shape[0] >= 3 else img[:1].expand(3, -1, -1)
+    x = x.float()
+    lo, hi = x.amin(dim=(1, 2), keepdim=True), x.amax(dim=(1, 2), keepdim=True)
+    x = (x - lo) / (hi - lo).clamp_min(1e-6)
+    return (x.permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)  # (H, W, 3)
+
+
+def default_palette(num_classes: int) -> np.ndarray:
+    """A fixed, distinguishable ``(K, 3)`` uint8 palette for configs that define none."""
+    return np.array([[(37 * c) % 256, (91 * c + 60) % 256, (173 * c + 120) % 256] for c in range(num_classes)])
+
+
+class SegEvaluator:
+    """Semantic segmentation: argmax of ``iceseg.inference.predict`` into a confusion matrix.
+
+    Args:
+        cfg: the full config (uses ``data.num_classes``, ``data.ignore_index`` and ``eval.*``).
+        device: where the confusion matrix lives.
+    """
+
+    def __init__(self, cfg, device: torch.device):
+        self.cfg, self.E = cfg, cfg.eval
+        self.cm = ConfusionMatrix(cfg.data.num_classes, cfg.data.ignore_index, device=device)
+        self.names = self.E.class_names or [str(c) for c in range(cfg.data.num_classes)]
+        self.palette = np.array(self.E.palette) if self.E.palette else default_palette(cfg.data.num_classes)
+
+    def predict(self, model, img: torch.Tensor, tta: bool = False) -> torch.Tensor:
+        """``(B, C, H, W)`` -> ``(B, K, H, W)`` probabilities with the config's inference settings."""
+        E = self.E
+        scales, flips = (E.tta_scales, E.tta_flips) if tta else ([1.0], [])
+        return predict(model, img, E.mode, E.crop_size, E.stride, E.size_divisor, E.resize, scales, flips)
+
+    def update(self, model, batch: dict, show_dir: Path | None = None, tta: bool = False) -> None:
+        """Predict ``batch["img"]`` ``(B, C, H, W)`` and count it against ``batch["label"]`` ``(B, H, W)``."""
+        pred = self.predict(model, batch["img"], tta).argmax(1)  # (B, H, W)
+        self.cm.update(pred, batch["label"])
+        if show_dir is not None:
+            for b in range(pred.shape[0]):
+                colour = colourise(pred[b].cpu().numpy(), self.palette)
+                name = batch["name"][b]
+                Image.fromarray(colour).save(Path(show_dir) / f"{name}_pred.png")
+                overlay = (0.5 * display_image(batch["img"][b]) + 0.5 * colour).astype(np.uint8)
+                Image.fromarray(overlay).save(Path(show_dir) / f"{name}_overlay.png")
+
+    def compute(self) -> dict:
+        """All-reduce the matrix over ranks and derive the metrics (``iceseg.metrics.compute_metrics``)."""
+        self.cm.all_reduce()
+        return self.cm.compute()
+
+    def table(self, metrics: dict) -> str:
+        """Per-class table and summary line."""
+        return format_table(metrics, self.names)
+
+
+EVALUATORS = {"seg": SegEvaluator}
+
+
+def build_evaluator(cfg, device: torch.device):
+    """The evaluator named by ``cfg.eval.evaluator``. Raises KeyError listing the valid names."""
+    if cfg.eval.evaluator not in EVALUATORS:
+        raise KeyError(f"unknown evaluator {cfg.eval.evaluator!r}; valid: {', '.join(sorted(EVALUATORS))}")
+    return EVALUATORS[cfg.eval.evaluator](cfg, device)
+
+
+def to_device(batch, device: torch.device):
+    """Move tensors in a (nested) batch dict/list to ``device``; other values pass through."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
