@@ -165,6 +165,9 @@ def plateau_step(value: float) -> None:
         print0(f"plateau: lr reduced to {O.lr * plateau['scale']:.3g}")
 
 
+if T.amp == "fp16" and device.type != "cuda":
+    print0("fp16 autocast needs CUDA: running in fp32 on the CPU")
+    T.amp = "none"
 amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(T.amp)
 scaler = torch.amp.GradScaler(device.type, enabled=T.amp == "fp16")
 
@@ -233,6 +236,8 @@ stream = batches(start_iter)
 t0, t_last, n_bad, done = time.time(), time.time(), 0, start_iter
 for it in range(start_iter, max_iters):
     lr = get_lr(it)
+    if hasattr(model_without_ddp, "set_progress"):  # e.g. a loss weight with its own warm-up
+        model_without_ddp.set_progress(it, max_iters)
     for g in optimizer.param_groups:
         g["lr"] = lr * g["lr_mult"]
     loss_sum = torch.zeros((), device=device)
