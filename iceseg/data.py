@@ -48,6 +48,26 @@ NWPU_HELP = (
 
 # --------------------------------------------------------------------------- file readers
 
+def _load_array(path: Path, what: str, pil_convert) -> np.ndarray:
+    """Read ``.npy`` (no pickles), ``.tif/.tiff`` (tifffile) or a Pillow image (after ``pil_convert``).
+
+    Raises:
+        ValueError: the file cannot be read, naming it and ``what`` it was meant to be.
+    """
+    try:
+        ext = path.suffix.lower()
+        if ext == ".npy":
+            return np.load(path, allow_pickle=False)
+        if ext in (".tif", ".tiff"):
+            import tifffile
+
+            return tifffile.imread(path)
+        with Image.open(path) as im:
+            return np.asarray(pil_convert(im))
+    except Exception as e:
+        raise ValueError(f"{path}: unreadable or corrupt {what} ({type(e).__name__}: {e})") from e
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image or raster as ``(H, W, C)``.
 
@@ -62,19 +82,7 @@ def read_image(path: str | Path) -> np.ndarray:
         ValueError: unreadable/corrupt file, or not 2-D/3-D, naming the file.
     """
     path = Path(path)
-    try:
-        ext = path.suffix.lower()
-        if ext == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        elif ext in (".tif", ".tiff"):
-            import tifffile
-
-            arr = tifffile.imread(path)
-        else:
-            with Image.open(path) as im:
-                arr = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-    except Exception as e:
-        raise ValueError(f"{path}: unreadable or corrupt image ({type(e).__name__}: {e})") from e
+    arr = _load_array(path, "image", lambda im: ImageOps.exif_transpose(im).convert("RGB"))
     if arr.ndim == 2:
         arr = arr[:, :, None]  # (H, W, 1)
     elif arr.ndim == 3 and arr.shape[0] <= 32 and min(arr.shape[1:]) > 32:
@@ -101,19 +109,7 @@ def read_label(path: str | Path, palette: np.ndarray | None = None) -> tuple[np.
             palette (the message lists a few offending colours), or non-integer values.
     """
     path = Path(path)
-    try:
-        ext = path.suffix.lower()
-        if ext == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        elif ext in (".tif", ".tiff"):
-            import tifffile
-
-            arr = tifffile.imread(path)
-        else:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB") if im.mode == "RGBA" else im)
-    except Exception as e:
-        raise ValueError(f"{path}: unreadable or corrupt label ({type(e).__name__}: {e})") from e
+    arr = _load_array(path, "label", lambda im: im.convert("RGB") if im.mode == "RGBA" else im)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]  # (H, W, 1) -> (H, W)
     if arr.ndim == 3 and arr.shape[-1] == 3:
