@@ -35,7 +35,8 @@ class DataConfig:
     split_seed: int = 42  # Glacier: seeded 80/20 split of the sorted file list
     val_fraction: float = 0.2  # Glacier: share of files used for validation
     group_split: bool = False  # Glacier: split by tile id (drops `_aug_<i>` suffixes) to avoid leakage
-    synthetic: str = ""  # "river_ice" or "glacier": generate a synthetic dataset under root when absent
+    synthetic: str = ""  # "river_ice", "glacier" or "autoice": generate a synthetic dataset under root when absent
+    kwargs: dict = field(default_factory=dict)  # dataset-specific options (AutoICE: patch_size px, downsample, ...)
 
 
 @dataclass
@@ -48,10 +49,19 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "ce"  # "ce" (softmax cross-entropy) or "bce_dice" (binary)
+    name: str = "ce"  # "ce" (softmax cross-entropy), "bce_dice" (binary) or "multitask" (per-task heads)
     bce_weight: float = 0.7  # bce_dice: alpha in alpha*BCE + (1-alpha)*(1-Dice)
     class_weight: list = field(default_factory=list)  # ce: per-class weights, [] = none
     avg_non_ignore: bool = False  # ce: mean over non-ignored pixels only (mmseg default False)
+    task_weights: dict = field(default_factory=dict)  # multitask: {task: weight} of each head's loss, {} = 1 each
+    dist_mode: str = ""  # distance loss added to the base loss: "" off, "lossd" (spec B2) or "boundary" (B4)
+    dist_weight: float = 1.0  # lambda of the distance loss
+    dist_warmup: float = 0.0  # fraction of training over which lambda ramps linearly from 0
+    dist_max: int = 50  # K: distance cap in pixels (Lossd max_iter)
+    dist_metric: str = "manhattan"  # "manhattan" (Lossd) or "euclidean"
+    dist_alpha: float = 1.0  # weight of over-segmentation (pixels predicted c outside class c)
+    dist_beta: float = 1.0  # weight of under-segmentation (class-c pixels missed)
+    dist_class_weight: list = field(default_factory=list)  # per-class weights w_c, [] = 1 each
 
 
 @dataclass
@@ -100,6 +110,10 @@ class TrainConfig:
     sync_bn: bool = True  # convert BatchNorm to SyncBatchNorm on CUDA with world size > 1
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # "auto", "cpu" or "cuda"
+    deterministic: bool = False  # deterministic kernels (warn where none exist): resume == uninterrupted run
+    nonfinite_patience: int = 5  # stop (last.pt saved) after this many consecutive non-finite steps
+    dist_timeout_min: float = 30.0  # collective timeout in minutes: a stalled rank ends the job, no hang
+    debug_nan_iters: list = field(default_factory=list)  # test hook: 1-based iterations whose loss is NaN
 
 
 @dataclass
@@ -114,6 +128,11 @@ class EvalConfig:
     tta_flips: list = field(default_factory=list)  # TTA flip views: "horizontal", "vertical", "both" (with --tta)
     class_names: list = field(default_factory=list)  # for tables and legends
     palette: list = field(default_factory=list)  # RGB per class for --show-dir
+    submission: str = ""  # autoice: write the challenge submission NetCDF here ("" = none)
+    boundary_metrics: bool = True  # seg: also BFscore and Boundary IoU per image at original resolution
+    bf_tolerance: float = 0.0075  # BFscore match distance, fraction of the image diagonal
+    biou_dilation: float = 0.02  # Boundary IoU band width, fraction of the image diagonal
+    exclude_classes: list = field(default_factory=list)  # class indices left out of class means (ISPRS clutter)
 
 
 @dataclass
@@ -279,25 +298,250 @@ def unetpp_glacier_debug() -> Config:
 
 @register
 def demo() -> Config:
-    """Small multi-class U-Net++ on the synthetic river-ice scenes (NWPU_YRCC2 layout, 4 classes)."""
-    cfg = Config()
-    cfg.data = DataConfig(dataset="NWPU_YRCC2", root="work_dirs/demo/data", synthetic="river_ice",
-                          num_classes=4, batch_size=4, num_workers=2, train_pipeline=[
-                              {"type": "RandomCrop", "crop_size": (128, 128), "cat_max_ratio": 0.75},
-                              {"type": "RandomFlip", "prob": 0.5, "direction": "horizontal"},
-                              {"type": "PhotoMetricDistortion"},
-                              {"type": "Normalize", "mean": [123.675, 116.28, 103.53],
-                               "std": [58.395, 57.12, 57.375]}],
-                          test_pipeline=[{"type": "Normalize", "mean": [123.675, 116.28, 103.53],
-                                          "std": [58.395, 57.12, 57.375]}])
-    cfg.model = ModelConfig(name="unetpp", num_classes=4,
-                            kwargs={"decoder_channels": [64, 32, 32, 16, 16]})
-    cfg.loss = LossConfig(name="ce")
-    cfg.optim = OptimConfig(name="adamw", lr=1e-3, weight_decay=0.01, no_decay=["bn", "bias"], clip_grad=1.0)
+    """Small IceSegNet (tiny Swin, 64-wide heads, random init) on synthetic river-ice scenes (NWPU_YRCC2
+    layout, 4 classes): the whole pipeline without the NWPU datasets, a few minutes on a CPU."""
+    cfg = icesegnet_yrcc2()
+    cfg.data.root, cfg.data.synthetic = "work_dirs/demo/data", "river_ice"
+    cfg.data.batch_size, cfg.data.num_workers = 4, 2
+    cfg.data.train_pipeline = [{"type": "RandomCrop", "crop_size": (128, 128), "cat_max_ratio": 0.75},
+                               {"type": "RandomFlip", "prob": 0.5, "direction": "horizontal"},
+                               {"type": "PhotoMetricDistortion"}, dict(NWPU_NORMALIZE)]
+    cfg.model.kwargs.update(backbone={"preset": "swin_tiny", "embed_dim": 32, "depths": [2, 2, 2, 2],
+                                      "num_heads": [1, 2, 4, 8], "drop_path_rate": 0.1},
+                            neck_channels=64, channels=64, feedforward_channels=[256, 128, 64], num_heads=[8, 4, 2],
+                            aux_channels=32)
+    cfg.optim.lr, cfg.optim.weight_decay = 1e-3, 0.01  # from scratch: higher lr than the fine-tuning recipe
     cfg.schedule = ScheduleConfig(name="cosine", warmup_iters=20, min_lr=1e-5)
     cfg.train = TrainConfig(work_dir="work_dirs/demo", max_iters=300, val_interval=100,
                             ckpt_interval=100, log_interval=10, best_metric="mIoU")
-    cfg.eval = EvalConfig(size_divisor=32, tta_scales=[0.75, 1.0, 1.25], tta_flips=["horizontal"],
-                          class_names=["land", "water", "shore ice", "streaming"],
-                          palette=[[0, 0, 0], [0, 255, 0], [0, 255, 255], [255, 0, 255]])
+    cfg.eval.resize, cfg.eval.tta_scales = (), [0.75, 1.0, 1.25]
+    return cfg
+
+
+# IceSegNet / K-Net on the NWPU river-ice datasets (spec icesegnet.md §3: the authors' icesegnet-config.py)
+NWPU_NORMALIZE = {"type": "Normalize", "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}
+NWPU_YRCC2_NAMES, NWPU_YRCC2_PALETTE = ["land", "water", "shore ice", "streaming"], [
+    [0, 0, 0], [0, 255, 0], [0, 255, 255], [255, 0, 255]]
+
+
+def nwpu_train_pipeline(scale: tuple, crop: tuple) -> list:
+    """Spec §3.1: RandomResize(scale, 0.5-2) -> RandomCrop(cat_max 0.75) -> flip -> photometric -> normalise -> pad."""
+    return [{"type": "RandomResize", "scale": scale, "ratio_range": (0.5, 2.0)},
+            {"type": "RandomCrop", "crop_size": crop, "cat_max_ratio": 0.75},
+            {"type": "RandomFlip", "prob": 0.5, "direction": "horizontal"}, {"type": "PhotoMetricDistortion"},
+            dict(NWPU_NORMALIZE), {"type": "Pad", "size": crop, "pad_val": 0, "seg_pad_val": 255}]
+
+
+@register
+def icesegnet_yrcc2() -> Config:
+    """IceSegNet (Swin-L + SEFPN + UPerSCA-MTL + stage-aware K-Net, 247 M) on NWPU_YRCC2 with the authors' recipe.
+
+    Total batch 8 = 2 processes x 4 (one GPU: ``--data.batch_size=8`` or ``--train.accum_steps=2``).
+    Set ``--model.pretrained=<swin_large_patch4_window7_224_22k*.pth>`` (official or mmseg layout) to
+    start from ImageNet-22K as the authors did; ``--model.kwargs.edge_mode=paper`` trains the edge branch.
+    """
+    cfg = Config()
+    cfg.data = DataConfig(dataset="NWPU_YRCC2", root="data/NWPU_YRCC2", num_classes=4, batch_size=4, num_workers=4,
+                          train_pipeline=nwpu_train_pipeline((2048, 1024), (512, 512)),
+                          test_pipeline=[dict(NWPU_NORMALIZE)])
+    cfg.model = ModelConfig(name="icesegnet", num_classes=4, kwargs={
+        "backbone": {"preset": "swin_large", "drop_path_rate": 0.3}, "edge_mode": "published"})
+    cfg.loss = LossConfig(name="ce", avg_non_ignore=False)  # heads: CE x0.9 on s0..s3, aux x0.5 (model defaults)
+    cfg.optim = OptimConfig(name="adamw", lr=6e-5, weight_decay=5e-4, clip_grad=1.0,
+                            no_decay=["absolute_pos_embed", "relative_position_bias_table", "norm"])
+    cfg.schedule = ScheduleConfig(name="cosine", warmup_iters=500, warmup_ratio=1e-3, min_lr=1e-6,
+                                  t_max=79_500)  # written for 80k, stopped at 60k (final lr ~9.7e-6, spec §8.5)
+    cfg.train = TrainConfig(work_dir="work_dirs/icesegnet_yrcc2", seed=42, max_iters=60_000, val_interval=250,
+                            ckpt_interval=250, log_interval=50, best_metric="mIoU")
+    cfg.eval = EvalConfig(mode="whole", resize=(2048, 1024),  # 1600x640 -> 2048x819, logits back to 1600x640
+                          tta_scales=[r / 1.28 for r in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)],  # x the original size
+                          tta_flips=["horizontal"], class_names=list(NWPU_YRCC2_NAMES), palette=NWPU_YRCC2_PALETTE)
+    return cfg
+
+
+@register
+def icesegnet_yrcc_ex() -> Config:
+    """IceSegNet on NWPU_YRCC_EX (3 classes: others, water, ice), recipe of :func:`icesegnet_yrcc2` (spec §8.10)."""
+    cfg = icesegnet_yrcc2()
+    cfg.data.dataset, cfg.data.root, cfg.data.num_classes = "NWPU_YRCC_EX", "data/NWPU_YRCC_EX", 3
+    cfg.model.num_classes = 3
+    cfg.train.work_dir = "work_dirs/icesegnet_yrcc_ex"
+    cfg.eval.class_names, cfg.eval.palette = ["others", "water", "ice"], [[0, 255, 255], [0, 255, 0], [255, 0, 255]]
+    return cfg
+
+
+@register
+def knet_yrcc2() -> Config:
+    """K-Net baseline (mmseg knet-s3 Swin-L UPerNet, 245 M; aux x0.4 on Swin level 2) with IceSegNet's recipe."""
+    cfg = icesegnet_yrcc2()
+    cfg.model.name, cfg.model.kwargs = "knet", {"backbone": {"preset": "swin_large", "drop_path_rate": 0.3}}
+    cfg.train.work_dir = "work_dirs/knet_yrcc2"
+    return cfg
+
+
+def _nwpu_debug(cfg: Config, name: str, heads: dict) -> Config:
+    """Tiny variant on generated river-ice scenes (96 px crops, 4 iterations: seconds on a CPU)."""
+    cfg.data.root, cfg.data.synthetic = f"work_dirs/{name}/data", "river_ice"
+    cfg.data.batch_size, cfg.data.num_workers = 2, 0
+    cfg.data.train_pipeline = nwpu_train_pipeline((400, 160), (96, 96))
+    cfg.model.kwargs.update(backbone={"preset": "swin_tiny", "embed_dim": 16, "depths": [2, 2, 2, 2],
+                                      "num_heads": [1, 2, 2, 4], "drop_path_rate": 0.1},
+                            channels=32, aux_channels=16, **heads)
+    cfg.schedule.warmup_iters, cfg.schedule.t_max = 1, 0
+    cfg.train = TrainConfig(work_dir=f"work_dirs/{name}", seed=42, max_iters=4, val_interval=4, ckpt_interval=4,
+                            log_interval=1)
+    cfg.eval.resize, cfg.eval.tta_scales = (320, 128), [0.75, 1.0]  # 160x400 scenes -> 128x320
+    return cfg
+
+
+@register
+def icesegnet_yrcc2_debug() -> Config:
+    """Tiny IceSegNet (same graph, widths /16) on synthetic NWPU_YRCC2 scenes."""
+    return _nwpu_debug(icesegnet_yrcc2(), "icesegnet_yrcc2_debug",
+                       dict(neck_channels=32, feedforward_channels=[64, 32, 16], num_heads=[4, 2, 1]))
+
+
+@register
+def icesegnet_yrcc_ex_debug() -> Config:
+    """Tiny IceSegNet on synthetic scenes with the NWPU_YRCC_EX classes (drift ice merged into ice)."""
+    cfg = _nwpu_debug(icesegnet_yrcc_ex(), "icesegnet_yrcc_ex_debug",
+                      dict(neck_channels=32, feedforward_channels=[64, 32, 16], num_heads=[4, 2, 1]))
+    cfg.data.label_map = {3: 2}  # synthetic raw 4 (streaming) -> class 2 (ice)
+    return cfg
+
+
+@register
+def knet_yrcc2_debug() -> Config:
+    """Tiny K-Net baseline on synthetic NWPU_YRCC2 scenes."""
+    return _nwpu_debug(knet_yrcc2(), "knet_yrcc2_debug", dict(feedforward_channels=[64] * 3, num_heads=[2] * 3))
+
+
+# AutoICE sea-ice charting: the geohai seed recipe (spec autoice.md §2; config_main.ini, main.py)
+@register
+def deeplab_autoice() -> Config:
+    """Multi-task DeepLab (ResNet-152 to layer3, 2x2-pool ASPP heads: SIC regression, SOD 7, FLOE 8), 18 bands.
+
+    RTT scenes in ``data/ai4arctic`` with ``train.json``/``val.json`` lists (the seed's datalists work as is).
+    The seed starts from ImageNet: ``--model.pretrained=<torchvision resnet152-394f9c45.pth>`` (stem replaced).
+    Batch 16 is per process (the seed used one GPU); 608 x 16 patches of 768 px per epoch.
+    """
+    cfg = Config()
+    cfg.data = DataConfig(dataset="AutoICE", root="data/ai4arctic", num_classes=11, in_channels=18, batch_size=16,
+                          num_workers=8, kwargs={"patch_size": 768, "patches_per_epoch": 608 * 16, "min_valid": 0.3,
+                                                 "downsample": 1})
+    cfg.model = ModelConfig(name="deeplab_multitask", num_classes=11,
+                            kwargs={"tasks": {"SIC": 1, "SOD": 7, "FLOE": 8}, "pool": "avg2"})
+    cfg.loss = LossConfig(name="multitask", task_weights={"SIC": 1.0, "SOD": 1.0, "FLOE": 1.0})
+    cfg.optim = OptimConfig(name="adam", lr=1e-5, weight_decay=0.0)
+    cfg.schedule = ScheduleConfig(name="plateau", plateau_factor=0.5, plateau_patience=4, plateau_metric="loss",
+                                  plateau_mode="min")
+    cfg.train = TrainConfig(work_dir="work_dirs/deeplab_autoice", seed=1, max_epochs=120, val_interval=1,
+                            ckpt_interval=1, log_interval=50, amp="fp16", best_metric="combined", best_mode="max",
+                            early_stop_patience=80)
+    cfg.eval = EvalConfig(evaluator="autoice", mode="slide", crop_size=(2048, 2048), stride=(1536, 1536))
+    return cfg
+
+
+@register
+def deeplab_autoice_debug() -> Config:
+    """Tiny AutoICE run (ResNet layers 1/1/1, 8-channel ASPP) on synthetic RTT ``.nc`` scenes (seconds on a CPU)."""
+    cfg = deeplab_autoice()
+    cfg.data.root, cfg.data.synthetic = "work_dirs/deeplab_autoice_debug/data", "autoice"
+    cfg.data.batch_size, cfg.data.num_workers = 2, 0
+    cfg.data.kwargs.update(patch_size=64, patches_per_epoch=8)
+    cfg.model.kwargs.update(layers=[1, 1, 1], aspp_channels=8)
+    cfg.optim.lr = 1e-3
+    cfg.train.work_dir, cfg.train.max_epochs, cfg.train.log_interval = "work_dirs/deeplab_autoice_debug", 2, 1
+    cfg.eval.crop_size, cfg.eval.stride = (96, 96), (64, 64)
+    return cfg
+
+
+# Aerial land cover and the Lossd distance loss (spec unetpp_glacier_and_lossd.md Part B)
+LOSSD = {"dist_mode": "lossd", "dist_weight": 1.0, "dist_warmup": 0.1, "dist_max": 50}  # lambda unknown: ramped in
+IMAGENET_NORMALIZE = {"type": "Normalize", "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}
+
+
+def _unetpp_aerial(dataset: str, root: str, names: list, name: str) -> Config:
+    """U-Net++ (ResNet34) on 1024 px tiles, GeoSeg-style: scale 0.75-1.5, 512 crops, flips, AdamW 6e-4, cosine."""
+    cfg = Config()
+    cfg.data = DataConfig(dataset=dataset, root=root, num_classes=len(names), batch_size=8, num_workers=4,
+                          train_pipeline=[{"type": "RandomResize", "scale": (1024, 1024), "ratio_range": (0.75, 1.5)},
+                                          {"type": "RandomCrop", "crop_size": (512, 512), "cat_max_ratio": 0.75},
+                                          {"type": "RandomFlip", "prob": 0.5, "direction": "horizontal"},
+                                          {"type": "RandomFlip", "prob": 0.5, "direction": "vertical"},
+                                          dict(IMAGENET_NORMALIZE)], test_pipeline=[dict(IMAGENET_NORMALIZE)])
+    cfg.model = ModelConfig(name="unetpp", num_classes=len(names))
+    cfg.optim = OptimConfig(name="adamw", lr=6e-4, weight_decay=0.01, no_decay=["bn", "bias"], clip_grad=1.0)
+    cfg.schedule = ScheduleConfig(name="cosine", warmup_iters=500, min_lr=1e-6)
+    cfg.train = TrainConfig(work_dir=f"work_dirs/{name}", max_iters=40_000, val_interval=4000, ckpt_interval=2000,
+                            log_interval=50)
+    cfg.eval = EvalConfig(size_divisor=32, class_names=list(names))
+    return cfg
+
+
+def _with_lossd(cfg: Config, name: str) -> Config:
+    cfg.loss = dataclasses.replace(cfg.loss, **LOSSD)
+    cfg.train.work_dir = f"work_dirs/{name}"
+    return cfg
+
+
+@register
+def unetpp_loveda() -> Config:
+    """U-Net++ on LoveDA (7 classes; ``data/LoveDA/{Train,Val}/{Urban,Rural}``), mIoU on Val."""
+    return _unetpp_aerial("LoveDA", "data/LoveDA", ["background", "building", "road", "water", "barren", "forest",
+                                                    "agriculture"], "unetpp_loveda")
+
+
+@register
+def unetpp_loveda_lossd() -> Config:
+    """:func:`unetpp_loveda` + lambda * Lossd (K = 50, L1, lambda ramped in over 10 % of training)."""
+    return _with_lossd(unetpp_loveda(), "unetpp_loveda_lossd")
+
+
+@register
+def unetpp_potsdam() -> Config:
+    """U-Net++ on ISPRS Potsdam RGB tiled to 1024 px (``iceseg.data.tile_dataset``); mF1/mIoU without clutter."""
+    cfg = _unetpp_aerial("Potsdam", "data/potsdam_1024", ["impervious surface", "building", "low vegetation", "tree",
+                                                          "car", "clutter"], "unetpp_potsdam")
+    cfg.eval.exclude_classes, cfg.train.best_metric = [5], "mFscore"
+    return cfg
+
+
+@register
+def unetpp_potsdam_lossd() -> Config:
+    """:func:`unetpp_potsdam` + Lossd."""
+    return _with_lossd(unetpp_potsdam(), "unetpp_potsdam_lossd")
+
+
+@register
+def unetpp_glacier_lossd() -> Config:
+    """:func:`unetpp_glacier` (0.7 BCE + 0.3 Dice) + Lossd on the glacier class (sigmoid, hard = p > 0.5)."""
+    return _with_lossd(unetpp_glacier(), "unetpp_glacier_lossd")
+
+
+@register
+def icesegnet_yrcc2_lossd() -> Config:
+    """:func:`icesegnet_yrcc2` + Lossd on the final decode logits (``EncoderDecoder.extra_loss``)."""
+    return _with_lossd(icesegnet_yrcc2(), "icesegnet_yrcc2_lossd")
+
+
+@register
+def unetpp_loveda_debug() -> Config:
+    """Tiny U-Net++ on the three real LoveDA tiles beside the checkout, shrunk to 64 px (seconds on a CPU)."""
+    cfg = unetpp_loveda()
+    cfg.data.root, cfg.data.batch_size, cfg.data.num_workers = "../shared/data/loveda_samples", 2, 0
+    cfg.data.train_pipeline = [{"type": "Resize", "scale": (64, 64)}, *cfg.data.train_pipeline[2:]]
+    cfg.model.kwargs = {"decoder_channels": [32, 16, 16, 8, 8]}
+    cfg.optim.lr, cfg.schedule.warmup_iters = 1e-3, 0
+    cfg.train = TrainConfig(work_dir="work_dirs/unetpp_loveda_debug", max_iters=12, val_interval=12, ckpt_interval=12,
+                            log_interval=1)
+    cfg.eval.resize = (64, 64)  # predict at 64 px, score at 1024 px
+    return cfg
+
+
+@register
+def unetpp_loveda_lossd_debug() -> Config:
+    """:func:`unetpp_loveda_debug` + Lossd (no warm-up, so the loss is comparable from the first step)."""
+    cfg = _with_lossd(unetpp_loveda_debug(), "unetpp_loveda_lossd_debug")
+    cfg.loss.dist_warmup = 0.0
     return cfg

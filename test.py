@@ -12,6 +12,7 @@ the same ``--section.key=value`` overrides as train.py.
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -65,15 +66,17 @@ def main() -> None:
             evaluator.update(model, to_device(batch, device), show_dir=show_dir, tta=args.tta)
     metrics = evaluator.compute()
     elapsed = time.time() - t0
+    peak_gib = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"  # CPU: peak RSS (KiB on Linux)
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
     if rank == 0:
         print(evaluator.table(metrics))
         views = len(E.tta_scales) * (1 + len(E.tta_flips))
         print(f"{len(dataset)} images of split {split!r} in {elapsed:.1f} s ({E.mode} inference"
-              f"{f', TTA {views} views' if args.tta else ''})")
+              f"{f', TTA {views} views' if args.tta else ''}), peak memory {peak_gib:.2f} GiB")
         out = Path(args.out) if args.out else Path(cfg.train.work_dir) / "metrics.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         result = {"config": cfg.name, "checkpoint": str(args.checkpoint), "split": split, "mode": E.mode,
-                  "tta": args.tta, **metrics}
+                  "tta": args.tta, "peak_mem_gib": peak_gib, **metrics}
         out.write_text(json.dumps(result, indent=2))
         print(f"metrics written to {out}" + (f"; predictions in {show_dir}" if show_dir else ""))
     dist.barrier()

@@ -48,6 +48,34 @@ NWPU_HELP = (
 
 # --------------------------------------------------------------------------- file readers
 
+TIFF_DAMAGE = ("offset", "reshape", "ByteCounts", "StripOffsets", "tag list", "circular reference")
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    """``tifffile.imread``, raising on damage tifffile only logs (a truncated file's bad page offsets).
+
+    Raises:
+        ValueError: tifffile logged a structural problem (any message containing a word of
+            ``TIFF_DAMAGE``; metadata warnings such as GeoTIFF tags are let through), quoted.
+    """
+    import logging
+
+    import tifffile
+
+    problems: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda rec: problems.append(rec.getMessage())
+    logging.getLogger("tifffile").addHandler(handler)
+    try:
+        arr = tifffile.imread(path)
+    finally:
+        logging.getLogger("tifffile").removeHandler(handler)
+    damage = [m for m in problems if any(w in m for w in TIFF_DAMAGE)]
+    if damage:
+        raise ValueError(f"truncated or corrupt TIFF: {damage[0]}")
+    return arr
+
+
 def _load_array(path: Path, what: str, pil_convert) -> np.ndarray:
     """Read ``.npy`` (no pickles), ``.tif/.tiff`` (tifffile) or a Pillow image (after ``pil_convert``).
 
@@ -59,9 +87,7 @@ def _load_array(path: Path, what: str, pil_convert) -> np.ndarray:
         if ext == ".npy":
             return np.load(path, allow_pickle=False)
         if ext in (".tif", ".tiff"):
-            import tifffile
-
-            return tifffile.imread(path)
+            return _read_tiff(path)
         with Image.open(path) as im:
             return np.asarray(pil_convert(im))
     except Exception as e:
@@ -368,6 +394,10 @@ def glacier(cfg, split, pipeline, seed=0) -> SegDataset:
         if mask is None:
             raise ValueError(f"{p}: missing label; expected {root / (tile + '.tif')}")
         pairs.append((p, mask))
+    extra = sorted({m.name for m in root.glob("*.tif*")} - {m.name for _, m in pairs})
+    if extra:
+        raise ValueError(f"{root / extra[0]}: label without image (no {root}/masked_{Path(extra[0]).stem}.npy; "
+                         f"{len(extra)} such masks)")
     train, val = glacier_split([p.stem[len("masked_"):] for p, _ in pairs], cfg.val_fraction, cfg.split_seed,
                                cfg.group_split)
     if split not in ("train", "val"):
@@ -389,7 +419,208 @@ def folder(cfg, split, pipeline, seed=0) -> SegDataset:
                       pipeline=pipeline, seed=seed)
 
 
-DATASETS = {"NWPU_YRCC2": nwpu_yrcc2, "NWPU_YRCC_EX": nwpu_yrcc_ex, "Glacier": glacier, "Folder": folder}
+def autoice(cfg, split, pipeline, seed=0):
+    """AutoICE / AI4Arctic ready-to-train NetCDF scenes (iceseg/autoice.py, needs h5py): random
+    patches for ``cfg.train_split``, whole scenes otherwise; ``cfg.kwargs`` holds its options."""
+    from iceseg.autoice import build_autoice_dataset
+
+    return build_autoice_dataset(cfg, split, pipeline, seed)
+
+
+DATASETS = {"NWPU_YRCC2": nwpu_yrcc2, "NWPU_YRCC_EX": nwpu_yrcc_ex, "Glacier": glacier, "Folder": folder,
+            "AutoICE": autoice}
+
+
+# --------------------------------------------------------------------------- aerial land-cover datasets
+# The Lossd benchmarks (spec unetpp_glacier_and_lossd.md B7). Index labels use mmseg's converted form:
+# 0 = no-data / boundary / ignore and class c stored as c + 1 (``reduce_zero_label``); colour labels
+# (the official ISPRS and UAVid releases) are decoded through the palette. ``<split>`` may join splits
+# with "+" (GeoSeg trains LoveDA on "train+val"). Besides each official layout every loader accepts
+# ``<root>/img_dir/<split>`` + ``<root>/ann_dir/<split>`` (mmseg, and what :func:`tile_dataset`
+# writes) and a flat ``<root>/img`` + ``<root>/ann`` folder that serves every split (sample folders).
+
+LOVEDA_CLASSES = ("background", "building", "road", "water", "barren", "forest", "agriculture")
+LOVEDA_PALETTE = ((255, 255, 255), (255, 0, 0), (255, 255, 0), (0, 0, 255), (159, 129, 183), (0, 255, 0),
+                  (255, 195, 128))
+ISPRS_CLASSES = ("impervious surface", "building", "low vegetation", "tree", "car", "clutter")
+ISPRS_PALETTE = ((255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0),
+                 (0, 0, 0))  # the last colour (black) marks the eroded boundaries: ignored
+POTSDAM_TEST = ("2_13", "2_14", "3_13", "3_14", "4_13", "4_14", "4_15", "5_13", "5_14", "5_15", "6_13", "6_14",
+                "6_15", "7_13")  # GeoSeg/mmseg test (= validation) tiles; 7_10 is dropped (erroneous labels)
+VAIHINGEN_TEST = ("2", "4", "6", "8", "10", "12", "14", "16", "20", "22", "24", "27", "29", "31", "33", "35", "38")
+ISPRS_OFFICIAL = {  # image folder, image name, (label folder, label name) with the eroded reference first
+    "Potsdam": ("2_Ortho_RGB", "top_potsdam_{}_RGB.tif", POTSDAM_TEST, ("7_10",),
+                (("5_Labels_all_noBoundary", "top_potsdam_{}_label_noBoundary.tif"),
+                 ("5_Labels_all", "top_potsdam_{}_label.tif"))),
+    "Vaihingen": ("top", "top_mosaic_09cm_area{}.tif", VAIHINGEN_TEST, (),
+                  (("gts_eroded_for_participants", "top_mosaic_09cm_area{}_noBoundary.tif"),
+                   ("gts_for_participants", "top_mosaic_09cm_area{}.tif"))),
+}
+UAVID_CLASSES = ("building", "road", "tree", "low vegetation", "moving car", "static car", "human", "clutter")
+UAVID_PALETTE = ((128, 0, 0), (128, 64, 128), (0, 128, 0), (128, 128, 0), (64, 0, 128), (192, 0, 192), (64, 64, 0),
+                 (0, 0, 0))
+
+
+class NamedSegDataset(SegDataset):
+    """:class:`SegDataset` whose items carry given names (UAVid frames repeat their stems per sequence)."""
+
+    def __init__(self, pairs, names: list[str], **kwargs):
+        super().__init__(pairs, **kwargs)
+        self.names = list(names)
+
+    def __getitem__(self, i: int) -> dict:
+        item = super().__getitem__(i)
+        item["name"] = self.names[i]
+        return item
+
+
+def _generic_pairs(root: Path, split: str) -> list | None:
+    """mmseg ``img_dir/<split>`` + ``ann_dir/<split>``, else flat ``img`` + ``ann``; None when neither exists.
+    A missing label folder is allowed only for the "test" split (unlabelled images)."""
+    for img, ann in ((root / "img_dir" / split, root / "ann_dir" / split), (root / "img", root / "ann")):
+        if img.is_dir():
+            return pair_by_stem(img, None if split == "test" and not ann.is_dir() else ann)
+    return None
+
+
+def _aerial_dataset(cfg, split, pipeline, seed, classes, official, layout: str, palette=None, extra_map=None):
+    """Collect the pairs of every "+"-joined split (``official(root, split)`` first, then the generic layouts)."""
+    root, pairs, names = Path(cfg.root), [], []
+    for s in split.split("+"):
+        found = official(root, s) or _generic_pairs(root, s)
+        if not found:
+            raise FileNotFoundError(f"dataset folder for split {s!r} not found under {root}. Expected {layout}, or "
+                                    f"{root}/img_dir/{s} + {root}/ann_dir/{s} (mmseg, tile_dataset), or {root}/img + "
+                                    f"{root}/ann.")
+        for p in found:
+            pairs.append(p[:2])
+            names.append(p[2] if len(p) > 2 else p[0].stem)
+    return NamedSegDataset(pairs, names, num_classes=len(classes), in_channels=cfg.in_channels,
+                           ignore_index=cfg.ignore_index, reduce_zero_label=True,
+                           label_map={**(extra_map or {}), **cfg.label_map}, palette=palette, pipeline=pipeline,
+                           seed=seed)
+
+
+def _loveda_official(root: Path, split: str) -> list:
+    base, pairs = root / split.capitalize(), []  # Train/ Val/ Test/
+    for domain in ("Urban", "Rural"):
+        img, ann = base / domain / "images_png", base / domain / "masks_png"
+        if img.is_dir():
+            pairs += [(i, a, f"{domain}_{i.stem}") for i, a in
+                      pair_by_stem(img, None if split == "test" and not ann.is_dir() else ann)]
+    return pairs
+
+
+def loveda(cfg, split, pipeline, seed=0) -> SegDataset:
+    """LoveDA (7 classes, raw 0 = no-data -> ignore): ``<root>/{Train,Val,Test}/{Urban,Rural}/{images_png,masks_png}``."""
+    return _aerial_dataset(cfg, split, pipeline, seed, LOVEDA_CLASSES, _loveda_official,
+                           f"{cfg.root}/Train/Urban/images_png + masks_png (and Rural, Val, Test)")
+
+
+def _isprs_official(name: str):
+    img_dir, img_name, test, bad, label_dirs = ISPRS_OFFICIAL[name]
+    pattern = re.compile("^" + re.escape(img_name).replace(r"\{\}", "(.+)") + "$")
+
+    def find(root: Path, split: str) -> list:
+        if not (root / img_dir).is_dir():
+            return []
+        ids = sorted(m.group(1) for p in (root / img_dir).iterdir() if (m := pattern.match(p.name)))
+        ids = [i for i in ids if (i in test) == (split != "train") and i not in bad]
+        order = label_dirs[::-1] if split == "train" else label_dirs  # train on full labels, score eroded ones
+        pairs = []
+        for i in ids:
+            ann = next((root / d / n.format(i) for d, n in order if (root / d / n.format(i)).is_file()), None)
+            if ann is None:
+                raise ValueError(f"{root / img_dir / img_name.format(i)}: missing label; expected "
+                                 f"{' or '.join(str(root / d / n.format(i)) for d, n in order)}")
+            pairs.append((root / img_dir / img_name.format(i), ann))
+        return pairs
+    return find
+
+
+def potsdam(cfg, split, pipeline, seed=0) -> SegDataset:
+    """ISPRS Potsdam (6 classes incl. clutter): official ``2_Ortho_RGB`` + ``5_Labels_all[_noBoundary]`` RGB-colour
+    tiles (train = all but the 14 test tiles and 7_10; val/test = the test tiles) or mmseg index labels.
+    Clutter stays class 5 (excluded from means via ``eval.exclude_classes``); ``data.label_map={5: 255}`` ignores it."""
+    return _aerial_dataset(cfg, split, pipeline, seed, ISPRS_CLASSES, _isprs_official("Potsdam"),
+                           f"{cfg.root}/2_Ortho_RGB/top_potsdam_<id>_RGB.tif + 5_Labels_all[_noBoundary]/",
+                           palette=ISPRS_PALETTE, extra_map={6: cfg.ignore_index})
+
+
+def vaihingen(cfg, split, pipeline, seed=0) -> SegDataset:
+    """ISPRS Vaihingen (IRRG, 6 classes): official ``top/`` + ``gts_[eroded_]for_participants/`` colour tiles
+    (val/test = the 17 official test areas) or mmseg index labels; clutter as in :func:`potsdam`."""
+    return _aerial_dataset(cfg, split, pipeline, seed, ISPRS_CLASSES, _isprs_official("Vaihingen"),
+                           f"{cfg.root}/top/top_mosaic_09cm_area<n>.tif + gts_for_participants/",
+                           palette=ISPRS_PALETTE, extra_map={6: cfg.ignore_index})
+
+
+def _uavid_official(root: Path, split: str) -> list:
+    base, pairs = root / f"uavid_{split}", []
+    for seq in sorted(p for p in base.glob("seq*") if p.is_dir()) if base.is_dir() else []:
+        ann = seq / "Labels"
+        pairs += [(i, a, f"{seq.name}_{i.stem}") for i, a in
+                  pair_by_stem(seq / "Images", None if split == "test" and not ann.is_dir() else ann)]
+    return pairs
+
+
+def uavid(cfg, split, pipeline, seed=0) -> SegDataset:
+    """UAVid (8 classes, clutter last as GeoSeg): ``<root>/uavid_<split>/seq<n>/{Images,Labels}`` colour labels,
+    or tiles from :func:`tile_dataset` (index labels, 0 = ignore)."""
+    return _aerial_dataset(cfg, split, pipeline, seed, UAVID_CLASSES, _uavid_official,
+                           f"{cfg.root}/uavid_{split}/seq<n>/Images + Labels", palette=UAVID_PALETTE)
+
+
+def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
+    """Window offsets every ``stride`` with the last one moved back to end at ``size`` (mmseg converters)."""
+    n = max(math.ceil((size - tile) / stride), 0) + 1
+    return sorted({min(i * stride, max(size - tile, 0)) for i in range(n)})
+
+
+def tile_dataset(dataset: SegDataset, out_root: str | Path, split: str, size: int = 1024,
+                 stride: int | None = None) -> int:
+    """Cut every image/label pair of ``dataset`` into ``size`` x ``size`` tiles (512 or 1024 for the aerial sets).
+
+    Windows start every ``stride`` (default ``size``) with the last one shifted back to the image
+    border (overlapping instead of padding); smaller images give one smaller tile. Writes
+    ``<out_root>/img_dir/<split>/<name>_<y>_<x>.png`` (uint8 1- or 3-band images, ``.npy`` otherwise)
+    and ``ann_dir/<split>/<name>_<y>_<x>.png``: decoded labels stored as ``c + 1`` with ignore -> 0,
+    which every aerial loader reads back unchanged (``reduce_zero_label``).
+
+    Returns:
+        Number of tiles written.
+
+    Raises:
+        ValueError: ``size`` or ``stride`` < 1.
+    """
+    stride = stride or size
+    if size < 1 or stride < 1:
+        raise ValueError(f"tile_dataset: size and stride must be >= 1, got {size}, {stride}")
+    img_dir, ann_dir = Path(out_root) / "img_dir" / split, Path(out_root) / "ann_dir" / split
+    img_dir.mkdir(parents=True, exist_ok=True)
+    ann_dir.mkdir(parents=True, exist_ok=True)
+    names = getattr(dataset, "names", [p[0].stem for p in dataset.pairs])
+    n = 0
+    for i in range(len(dataset)):
+        img, label = dataset.load(i)  # (H, W, C), decoded (H, W) or None
+        H, W = img.shape[:2]
+        for y in _tile_starts(H, size, stride):
+            for x in _tile_starts(W, size, stride):
+                stem = f"{names[i]}_{y}_{x}"
+                tile = img[y:y + size, x:x + size]
+                if tile.dtype == np.uint8 and tile.shape[2] in (1, 3):
+                    Image.fromarray(tile[..., 0] if tile.shape[2] == 1 else tile).save(img_dir / f"{stem}.png")
+                else:
+                    np.save(img_dir / f"{stem}.npy", tile)
+                if label is not None:
+                    lab = label[y:y + size, x:x + size]
+                    enc = np.where(lab == dataset.ignore_index, 0, lab + 1).astype(np.uint8)
+                    Image.fromarray(enc).save(ann_dir / f"{stem}.png")
+                n += 1
+    return n
+
+
+DATASETS.update({"LoveDA": loveda, "Potsdam": potsdam, "Vaihingen": vaihingen, "UAVid": uavid})
 
 
 def prepare_data(cfg) -> None:
@@ -402,8 +633,12 @@ def prepare_data(cfg) -> None:
         synthetic.make_river_ice_dataset(cfg.root)
     elif cfg.synthetic == "glacier":
         synthetic.make_glacier_dataset(cfg.root)
+    elif cfg.synthetic == "autoice":
+        from iceseg.autoice import make_synthetic_dataset
+
+        make_synthetic_dataset(cfg.root)
     else:
-        raise ValueError(f"data.synthetic must be '', 'river_ice' or 'glacier', not {cfg.synthetic!r}")
+        raise ValueError(f"data.synthetic must be '', 'river_ice', 'glacier' or 'autoice', not {cfg.synthetic!r}")
 
 
 def build_dataset(cfg, split: str, train: bool, seed: int = 0) -> SegDataset:

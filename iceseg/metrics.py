@@ -26,8 +26,10 @@ Dimension legend: ``K`` classes, ``N`` any number of pixels (any shape with N el
 
 import math
 
+import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 _PER_CLASS_KEYS = ("IoU", "Acc", "Dice", "Precision", "Recall", "Fscore")
 
@@ -275,3 +277,284 @@ def format_table(metrics: dict, class_names: list[str]) -> str:
     summary = "  ".join(f"{key}: {metrics[key]:.2f}" for key in ("aAcc", "mIoU", "mAcc", "mDice", "mFscore"))
     lines.append(f"{summary}  MCC: {metrics['MCC']:.4f}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- AutoICE chart scores
+# Official AutoICE scoring (starter kit functions.py, spec autoice.md §4), pooled over all valid
+# pixels of all scenes: R² for SIC (sklearn r2_score), weighted F1 for SOD and FLOE (sklearn
+# f1_score(average="weighted")), combined = (2 R²_SIC + 2 F1_SOD + F1_FLOE) / 5, all in percent.
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over ranks in place (no-op without an initialised group of size > 1); returns ``t``.
+
+    The tensor is moved to the backend's device (CUDA for NCCL, CPU for gloo) for the collective.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+        return t
+    backend = str(dist.get_backend()).lower()
+    comm = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else (
+        torch.device("cpu") if backend == "gloo" else t.device)
+    buf = t.to(comm)
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    t.copy_(buf)
+    return t
+
+
+def r2_from_sums(n: float, sum_y: float, sum_y2: float, sse: float) -> float:
+    """R² = 1 - SSE / SST with SST = sum y² - (sum y)² / n (sklearn ``r2_score`` on pooled pixels).
+
+    As sklearn's ``force_finite=True``: a constant target (SST = 0) gives 1.0 for a perfect
+    prediction and 0.0 otherwise; no pixels give NaN.
+
+    Returns:
+        R² as a fraction (1 = perfect; can be negative).
+    """
+    if n == 0:
+        return float("nan")
+    sst = sum_y2 - sum_y * sum_y / n
+    if sst <= 0:
+        return 1.0 if sse == 0 else 0.0
+    return 1.0 - sse / sst
+
+
+class RegressionStats:
+    """Running sums ``[n, sum y, sum y², sum (y - ŷ)²]`` (float64) for a pooled, all-reducible R².
+
+    Integer targets (SIC classes) keep the sums exact in float64 up to 2^53.
+
+    Args:
+        ignore_index: target value dropped (255).
+        round_clip: ``(lo, hi)`` to round predictions to integers and clip them first (the
+            leaderboard scored uint8 charts), or None for raw values (the seed).
+        device: where the sums live.
+    """
+
+    def __init__(self, ignore_index: int = 255, round_clip: tuple | None = None, device="cpu"):
+        self.ignore_index, self.round_clip = ignore_index, round_clip
+        self.sums = torch.zeros(4, dtype=torch.float64, device=device)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add pixels: ``pred`` float, ``target`` integer/float (``ignore_index`` dropped), same shape.
+
+        Raises:
+            ValueError: shapes differ.
+        """
+        if pred.shape != target.shape:
+            raise ValueError(f"RegressionStats: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+        keep = target != self.ignore_index
+        y = target[keep].to(self.sums.device, torch.float64)  # (N_valid,)
+        p = pred[keep].to(self.sums.device, torch.float64)  # (N_valid,)
+        if self.round_clip is not None:
+            p = p.round().clamp(*self.round_clip)
+        self.sums += torch.stack([torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device),
+                                  y.sum(), (y * y).sum(), ((y - p) ** 2).sum()])
+
+    def all_reduce(self) -> None:
+        """Sum over ranks (collective; call once per evaluation on every rank)."""
+        all_reduce_sum(self.sums)
+
+    def r2(self) -> float:
+        """Pooled R² (fraction) of everything added so far; see :func:`r2_from_sums`."""
+        return r2_from_sums(*self.sums.tolist())
+
+
+def weighted_f1(mat: torch.Tensor) -> float:
+    """Support-weighted F1 of a ``(K, K)`` confusion matrix (rows target, columns prediction).
+
+    F1_w = sum_c (n_c / N) F1_c with n_c = row sum (target pixels of class c), N = sum n_c and
+    F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c) (= 2PR / (P + R); 0 when TP_c = 0), i.e. sklearn
+    ``f1_score(average="weighted", zero_division=0)``. Predicted classes without targets weigh 0.
+
+    Returns:
+        F1 as a fraction in [0, 1]; NaN for an empty matrix.
+    """
+    mat = mat.double()
+    tp = mat.diag()
+    support = mat.sum(1)
+    denom = 2 * tp + (mat.sum(0) - tp) + (support - tp)
+    f1 = torch.where(denom > 0, 2 * tp / denom.clamp_min(1), torch.zeros_like(tp))
+    n = support.sum()
+    return float((support / n * f1).sum()) if n > 0 else float("nan")
+
+
+def combined_score(r2_sic: float, f1_sod: float, f1_floe: float, weights=(2.0, 2.0, 1.0)) -> float:
+    """AutoICE combined score (w_SIC R²_SIC + w_SOD F1_SOD + w_FLOE F1_FLOE) / sum w, weights 2:2:1.
+
+    Units follow the inputs (fractions or percent).
+    """
+    w1, w2, w3 = weights
+    return (w1 * r2_sic + w2 * f1_sod + w3 * f1_floe) / (w1 + w2 + w3)
+
+
+# --------------------------------------------------------------------------- boundary metrics
+# BFscore (Csurka, Larlus & Perronnin, BMVC 2013; MATLAB ``bfscore``) and Boundary IoU (Cheng et al.,
+# CVPR 2021, ``bowenc0221/boundary-iou-api``), spec unetpp_glacier_and_lossd.md B6. Ignore pixels are
+# removed from both maps before boundaries are taken (prediction and target are "no class" there).
+
+
+def exclude_from_means(metrics: dict, exclude) -> dict:
+    """Recompute the NaN-skipping class means ``m<Key>`` of every per-class list without ``exclude``.
+
+    ISPRS Potsdam/Vaihingen report mF1/mIoU without clutter (spec B7); per-class values and aAcc, MCC
+    are unchanged (clutter pixels still count as errors of the other classes).
+
+    Args:
+        metrics: dict with per-class lists (``"IoU"``, ``"Fscore"``, ... ``"BIoU"``) and their ``"m"`` means.
+        exclude: class indices to leave out.
+
+    Returns:
+        New dict.
+    """
+    out = dict(metrics)
+    drop = {int(c) for c in exclude}
+    for key, values in metrics.items():
+        if isinstance(values, list) and "m" + key in metrics:
+            kept = torch.tensor([v for c, v in enumerate(values) if c not in drop], dtype=torch.float64)
+            out["m" + key] = _nanmean(kept)
+    return out
+
+
+def boundary_pixels(mask: torch.Tensor) -> torch.Tensor:
+    """Inner boundary: ``mask`` pixels with a 4-neighbour inside the image that is not in ``mask``.
+
+    The image border is not a boundary (crops and tiles), unlike Boundary IoU's reference.
+
+    Args:
+        mask: ``(..., H, W)`` bool.
+
+    Returns:
+        ``(..., H, W)`` bool.
+    """
+    out = torch.zeros_like(mask)
+    out[..., 1:, :] |= ~mask[..., :-1, :]
+    out[..., :-1, :] |= ~mask[..., 1:, :]
+    out[..., :, 1:] |= ~mask[..., :, :-1]
+    out[..., :, :-1] |= ~mask[..., :, 1:]
+    return out & mask
+
+
+def boundary_band(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """Boundary IoU's inner band: ``mask`` pixels within chessboard distance ``width`` of a non-mask pixel.
+
+    As the reference (1-pixel zero padding, ``width`` erosions with a 3x3 square), pixels outside the
+    image count as non-mask, so a mask pixel in row r is in the band when r + 1 <= width.
+
+    Args:
+        mask: ``(N, H, W)`` bool.
+        width: band width d >= 1 in pixels.
+
+    Returns:
+        ``(N, H, W)`` bool, ``mask & ~eroded(mask)``.
+    """
+    from iceseg.distance import within_chessboard
+
+    outside = F.pad(~mask, (1, 1, 1, 1), value=True)  # (N, H+2, W+2) the zero ring of the reference
+    return mask & within_chessboard(outside, width)[:, 1:-1, 1:-1]
+
+
+def _edges(lab: np.ndarray) -> np.ndarray:
+    """``(H, W)`` label map -> pixels with a 4-neighbour of another label (the image border is no edge)."""
+    out = np.zeros(lab.shape, dtype=bool)
+    dv, dh = lab[1:] != lab[:-1], lab[:, 1:] != lab[:, :-1]  # (H-1, W), (H, W-1)
+    out[1:] |= dv
+    out[:-1] |= dv
+    out[:, 1:] |= dh
+    out[:, :-1] |= dh
+    return out
+
+
+class BoundaryMetrics:
+    """Running, all-reducible BFscore and Boundary IoU per class (percent).
+
+    Per image of size H x W (diagonal D = sqrt(H^2 + W^2)) and class c, with G = [target = c] and
+    P = [pred = c], both restricted to valid pixels (target != ignore):
+
+    - BF: boundary sets B_G, B_P (:func:`boundary_pixels`); precision = share of B_P within Euclidean
+      distance theta = ``bf_tolerance`` * D of B_G, recall = share of B_G within theta of B_P,
+      F1 = 2PR / (P + R); 1 when both sets are empty, 0 when only one is. The image score is the mean
+      F1 over the classes present in its target (minus ``exclude``); ``mBFscore`` is the mean over
+      images (per-image averaging, MATLAB ``bfscore``), ``BFscore[c]`` the mean F1 over the images
+      containing c.
+    - BIoU: bands G_d, P_d (:func:`boundary_band`, d = max(1, round(``biou_dilation`` * D)));
+      |G_d & P_d| and |G_d | P_d| are summed over the dataset per class, ``BIoU[c]`` = their ratio
+      (NaN when the union is empty) and ``mBIoU`` the NaN-skipping mean over classes not excluded.
+
+    Args:
+        num_classes: K.
+        ignore_index: target value excluded (255).
+        bf_tolerance: theta as a fraction of the image diagonal (0.75 %).
+        biou_dilation: d as a fraction of the image diagonal (2 %).
+        exclude: class indices left out of the image / class means.
+        device: where the sums live.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255, bf_tolerance: float = 0.0075,
+                 biou_dilation: float = 0.02, exclude=(), device="cpu"):
+        if num_classes < 1 or bf_tolerance < 0 or biou_dilation < 0:
+            raise ValueError(f"BoundaryMetrics: need num_classes >= 1 and tolerances >= 0, got {num_classes}, "
+                             f"{bf_tolerance}, {biou_dilation}")
+        self.K, self.ignore_index = int(num_classes), ignore_index
+        self.bf_tolerance, self.biou_dilation, self.exclude = bf_tolerance, biou_dilation, {int(c) for c in exclude}
+        # [BF sum per class | images per class | BIoU intersection | BIoU union | image-score sum | images]
+        self.sums = torch.zeros(4 * self.K + 2, dtype=torch.float64, device=device)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add images: ``pred`` and ``target`` ``(B, H, W)`` (or ``(H, W)``) integer class maps.
+
+        Raises:
+            ValueError: shapes differ.
+        """
+        from iceseg.distance import within_distance
+
+        if pred.shape != target.shape:
+            raise ValueError(f"BoundaryMetrics: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+        # numpy on the CPU: per-image work on (classes, H, W) masks, several times faster than torch
+        # ops on a busy machine (the distance helpers take CPU tensors as zero-copy numpy views).
+        preds, targets = pred.detach().cpu().numpy(), target.detach().cpu().numpy()
+        if targets.ndim == 2:
+            preds, targets = preds[None], targets[None]  # (1, H, W)
+        H, W = targets.shape[-2:]
+        diag = math.hypot(H, W)
+        theta, d = self.bf_tolerance * diag, max(1, round(self.biou_dilation * diag))
+        K, keep = self.K, np.array([c not in self.exclude for c in range(self.K)])
+        stats = np.zeros((4, K))  # BF sum, images, BIoU intersection, union
+        img_sum = img_n = 0.0
+        for t, p in zip(targets, preds, strict=True):
+            valid = t != self.ignore_index
+            t = np.where(valid & (t >= 0) & (t < K), t, -1)  # (H, W), -1 = no class
+            p = np.where(valid, p, -1)  # the prediction has no class on ignore pixels either
+            in_gt = np.bincount(t[t >= 0], minlength=K)[:K] > 0
+            cls = np.flatnonzero(in_gt | (np.bincount(p[p >= 0], minlength=K)[:K] > 0))
+            if cls.size == 0:
+                continue
+            n, ids = cls.size, cls[:, None, None]
+            masks = np.concatenate([t[None] == ids, p[None] == ids])  # (2n, H, W) G then P per class
+            bnd = masks & np.concatenate([np.broadcast_to(_edges(t), (n, H, W)), np.broadcast_to(_edges(p), (n, H, W))])
+            near = within_distance(torch.from_numpy(bnd), theta).numpy()  # (2n, H, W) within theta of B_G / B_P
+            count = lambda x: np.count_nonzero(x, axis=(1, 2)).astype(np.float64)  # noqa: E731
+            n_g, n_q = count(bnd[:n]), count(bnd[n:])
+            prec = count(bnd[n:] & near[:n]) / np.maximum(n_q, 1)
+            rec = count(bnd[:n] & near[n:]) / np.maximum(n_g, 1)
+            f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0)
+            f1 = np.where((n_g == 0) & (n_q == 0), 1.0, np.where((n_g == 0) | (n_q == 0), 0.0, f1))
+            band = boundary_band(torch.from_numpy(masks), d).numpy()  # (2n, H, W)
+            gt = in_gt[cls]
+            stats[:, cls] += [f1 * gt, gt, count(band[:n] & band[n:]), count(band[:n] | band[n:])]
+            scored = gt & keep[cls]
+            if scored.any():
+                img_sum, img_n = img_sum + f1[scored].mean(), img_n + 1
+        self.sums += torch.from_numpy(np.concatenate([stats.ravel(), [img_sum, img_n]])).to(self.sums)
+
+    def all_reduce(self) -> None:
+        """Sum over ranks (collective: call once per evaluation on every rank)."""
+        all_reduce_sum(self.sums)
+
+    def compute(self) -> dict:
+        """``{"BFscore": [K], "mBFscore", "BIoU": [K], "mBIoU"}`` in percent (NaN where undefined)."""
+        K, s = self.K, self.sums.cpu()
+        bf = _safe_ratio(s[:K], s[K:2 * K]) * 100
+        biou = _safe_ratio(s[2 * K:3 * K], s[3 * K:4 * K]) * 100
+        keep = [c for c in range(K) if c not in self.exclude]
+        return {"BFscore": bf.tolist(), "mBFscore": float(s[-2] / s[-1] * 100) if s[-1] > 0 else float("nan"),
+                "BIoU": biou.tolist(), "mBIoU": _nanmean(biou[keep]) if keep else float("nan")}

@@ -6,11 +6,16 @@ losses when ``label`` is given (training, so DDP sees one forward call) and logi
 composed here.
 """
 
+import inspect
+import os
+import re
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from iceseg.losses import SegLoss
+from iceseg.checkpoint import unwrap_state_dict
+from iceseg.losses import build_distance_loss, build_loss, cross_entropy, edge_bce_loss, stage_cross_entropy
 
 
 class DenseSegmentor(nn.Module):
@@ -42,6 +47,104 @@ class DenseSegmentor(nn.Module):
         logits = self.logits(img)
         return logits if label is None else self.criterion(logits, label)
 
+    def set_progress(self, it: int, max_iters: int) -> None:
+        """train.py's progress hook, forwarded to the criterion (e.g. a distance-loss warm-up)."""
+        if hasattr(self.criterion, "set_progress"):
+            self.criterion.set_progress(it, max_iters)
+
+
+
+class EncoderDecoder(nn.Module):
+    """Backbone -> optional neck -> decode head (+ auxiliary head in training), with the mmseg losses.
+
+    Semantics of mmseg 1.2.2 ``mmseg/models/segmentors/encoder_decoder.py`` (``whole`` mode; ``slide`` and TTA
+    live in ``iceseg.inference``), composed from instances (house style §4.1.2); attribute names follow mmseg so
+    state-dict keys read ``backbone.*``, ``neck.*``, ``decode_head.*``, ``auxiliary_head.*`` (spec
+    icesegnet.md §9.4). Test time: the decode head's (last-stage) logits are resized bilinearly to the
+    input size; ``iceseg.inference.predict`` then resizes them to the original image size (spec §1.6).
+
+    Losses in training (``forward(img, label)``), all with mmseg averaging (``iceseg.losses.cross_entropy``):
+        - ``decode.loss_ce.s{i}``: ``decode_loss_weight`` x CE on every decode output (one key
+          ``decode.loss_ce`` for a single-output head); logits upsampled to the label size first.
+        - ``aux.loss_ce``: ``aux_loss_weight`` x CE of the auxiliary head (when given).
+        - ``decode.loss_edge`` (``edge_mode="paper"`` only): ``edge_loss_weight`` x
+          ``iceseg.losses.edge_bce_loss`` on the decode head's edge logits. ``"published"`` builds the
+          edge convs but trains nothing through them, as the authors' code (spec §8.1).
+        - ``extra_loss(final_logits, label)`` entries, where ``final_logits`` are the last decode output
+          upsampled to the label size (e.g. a distance loss).
+
+    Args:
+        backbone: ``(B, C, H, W)`` -> list of NCHW maps.
+        decode_head: list of maps -> logits, or (training) a list of per-stage logits; with
+            ``edge_mode="paper"`` its ``forward`` must accept ``return_edge=True``.
+        neck: optional list -> list of maps.
+        auxiliary_head: optional list of maps -> ``(B, K, h, w)`` logits, run in training only.
+        decode_loss_weight, aux_loss_weight, edge_loss_weight: loss weights.
+        edge_mode: ``"published"`` or ``"paper"``.
+        ignore_index, class_weight, avg_non_ignore: see ``iceseg.losses.cross_entropy``.
+        extra_loss: optional module ``(logits (B, K, H, W), label (B, H, W)) -> {name: scalar}``.
+
+    Raises:
+        ValueError: unknown ``edge_mode``, or ``"paper"`` with a decode head that has no edge output.
+    """
+
+    is_segmentor = True  # build_model returns it as is (it computes its own losses)
+
+    def __init__(self, backbone: nn.Module, decode_head: nn.Module, neck: nn.Module | None = None,
+                 auxiliary_head: nn.Module | None = None, decode_loss_weight: float = 1.0,
+                 aux_loss_weight: float = 0.4, edge_mode: str = "published", edge_loss_weight: float = 0.1,
+                 ignore_index: int = 255, class_weight: list | None = None, avg_non_ignore: bool = False,
+                 extra_loss: nn.Module | None = None):
+        super().__init__()
+        if edge_mode not in ("published", "paper"):
+            raise ValueError(f"edge_mode must be 'published' or 'paper', not {edge_mode!r}")
+        if edge_mode == "paper" and "return_edge" not in inspect.signature(decode_head.forward).parameters:
+            raise ValueError(f"edge_mode='paper' needs a decode head with an edge output; "
+                             f"{type(decode_head).__name__}.forward has no return_edge argument")
+        self.backbone, self.neck, self.decode_head, self.auxiliary_head = backbone, neck, decode_head, auxiliary_head
+        self.decode_loss_weight, self.aux_loss_weight = decode_loss_weight, aux_loss_weight
+        self.edge_mode, self.edge_loss_weight = edge_mode, edge_loss_weight
+        self.ignore_index, self.avg_non_ignore = ignore_index, avg_non_ignore
+        self.register_buffer("class_weight", torch.tensor(class_weight, dtype=torch.float32) if class_weight else None,
+                             persistent=False)
+        self.extra_loss = extra_loss
+
+    def extract_feat(self, img: torch.Tensor) -> list[torch.Tensor]:
+        """``(B, C, H, W)`` -> backbone (and neck) maps, finest first."""
+        feats = self.backbone(img)
+        return self.neck(feats) if self.neck is not None else feats
+
+    def logits(self, img: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` float32 -> ``(B, K, H, W)`` logits of the last decode output."""
+        out = self.decode_head(self.extract_feat(img))
+        out = out[-1] if isinstance(out, (list, tuple)) else out
+        return F.interpolate(out, size=img.shape[-2:], mode="bilinear", align_corners=False)
+
+    def set_progress(self, it: int, max_iters: int) -> None:
+        """Forward train.py's progress hook to ``extra_loss`` when it has one."""
+        if hasattr(self.extra_loss, "set_progress"):
+            self.extra_loss.set_progress(it, max_iters)
+
+    def forward(self, img: torch.Tensor, label: torch.Tensor | None = None):
+        """Losses dict when ``label`` ((B, H, W) int64, 255 = ignore) is given, else ``(B, K, H, W)`` logits."""
+        if label is None:
+            return self.logits(img)
+        feats = self.extract_feat(img)
+        ce = dict(ignore_index=self.ignore_index, class_weight=self.class_weight, avg_non_ignore=self.avg_non_ignore)
+        if self.edge_mode == "paper":
+            out, edge = self.decode_head(feats, return_edge=True)
+        else:
+            out, edge = self.decode_head(feats), None
+        losses = stage_cross_entropy(out, label, self.decode_loss_weight, "decode.loss_ce", **ce)
+        if self.auxiliary_head is not None:
+            losses["aux.loss_ce"] = self.aux_loss_weight * cross_entropy(self.auxiliary_head(feats), label, **ce)
+        if edge is not None:
+            losses["decode.loss_edge"] = self.edge_loss_weight * edge_bce_loss(edge, label, self.ignore_index)
+        if self.extra_loss is not None:
+            final = out[-1] if isinstance(out, (list, tuple)) else out
+            final = F.interpolate(final, size=label.shape[-2:], mode="bilinear", align_corners=False)
+            losses.update(self.extra_loss(final, label))
+        return losses
 
 def build_unetpp(cfg) -> nn.Module:
     """U-Net++ (ResNet34 encoder) from ``cfg.model`` / ``cfg.data`` (see iceseg/unetpp.py)."""
@@ -56,11 +159,185 @@ def build_unetpp(cfg) -> nn.Module:
     return net
 
 
-MODELS = {"unetpp": build_unetpp}
+# (builder defaults; cfg.model.kwargs overrides them key by key)
+ICESEGNET_DEFAULTS = {
+    "backbone": {"preset": "swin_large", "drop_path_rate": 0.3},  # iceseg.swin preset name + SwinConfig overrides
+    "neck_channels": 768,  # SEFPN width
+    "channels": 512,  # decode head width C
+    "feedforward_channels": [2048, 1024, 512],  # K-Net FFN width per stage
+    "num_heads": [16, 8, 4],  # K-Net attention heads per stage
+    "dropout_ratio": 0.1,  # Dropout2d before conv_seg / the aux classifier
+    "aux": True,  # FCN auxiliary head (training only)
+    "aux_channels": 256,
+    "aux_concat_input": True,
+    "decode_loss_weight": 0.9,
+    "aux_loss_weight": 0.5,
+    "edge_mode": "published",  # "published" (edge convs built, no loss) or "paper" (edge BCE)
+    "edge_loss_weight": 0.1,
+}
+KNET_DEFAULTS = {**ICESEGNET_DEFAULTS, "feedforward_channels": [2048] * 3, "num_heads": [8] * 3,
+                 "aux_concat_input": False, "decode_loss_weight": 1.0, "aux_loss_weight": 0.4}
+del KNET_DEFAULTS["neck_channels"], KNET_DEFAULTS["edge_mode"], KNET_DEFAULTS["edge_loss_weight"]
+SWIN_PRESETS = ("swin_tiny", "swin_small", "swin_base", "swin_large", "swin_base_w12", "swin_large_w12")
 
 
-def build_model(cfg) -> DenseSegmentor:
+def _model_kwargs(cfg, defaults: dict) -> dict:
+    """``defaults`` updated by ``cfg.model.kwargs``; unknown keys raise ValueError listing the valid ones."""
+    unknown = sorted(set(cfg.model.kwargs) - set(defaults))
+    if unknown:
+        raise ValueError(f"model {cfg.model.name!r}: unknown model.kwargs {unknown}; valid: {sorted(defaults)}")
+    return {**defaults, **cfg.model.kwargs}
+
+
+def _swin(spec: dict, in_channels: int) -> nn.Module:
+    """Swin backbone from ``{"preset": name, **SwinConfig overrides}`` (lists become tuples)."""
+    from iceseg import swin
+
+    spec = dict(spec)
+    preset = spec.pop("preset", "swin_large")
+    if preset not in SWIN_PRESETS:
+        raise ValueError(f"backbone preset {preset!r} unknown; valid: {', '.join(SWIN_PRESETS)}")
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
+    return swin.SwinTransformer(getattr(swin, preset)(in_chans=in_channels, **overrides))
+
+
+def convert_mmseg_segmentor(state_dict: dict) -> dict:
+    """Map an mmseg ``EncoderDecoder`` checkpoint (Swin backbone) to :class:`EncoderDecoder` keys.
+
+    ``backbone.*`` goes through ``iceseg.swin.convert_mmseg_swin`` (renames, patch-merging reorder);
+    ``neck.*``, ``decode_head.*`` and ``auxiliary_head.*`` already use mmseg's names (spec icesegnet.md
+    §9.4) and pass unchanged; other keys are dropped. ``state_dict``/``model`` nesting and a shared
+    ``module.`` prefix are removed.
+
+    Args:
+        state_dict: mmseg checkpoint dict or flat state dict.
+
+    Returns:
+        New flat dict (tensors shared).
+    """
+    from iceseg.swin import convert_mmseg_swin
+
+    sd = unwrap_state_dict(state_dict)
+    out = {f"backbone.{k}": v for k, v in convert_mmseg_swin(sd).items()}
+    out.update({k: v for k, v in sd.items() if re.match(r"^(neck|decode_head|auxiliary_head)\.", k)})
+    return out
+
+
+def load_segmentor_checkpoint(model: EncoderDecoder, path: str) -> str:
+    """Load ``cfg.model.pretrained`` into an :class:`EncoderDecoder` with a Swin backbone.
+
+    A file with ``decode_head.*`` keys is a whole mmseg segmentor (converted by
+    :func:`convert_mmseg_segmentor`, loaded strictly except the auxiliary head, which inference does
+    not need); anything else is a Swin classification/backbone checkpoint (official, timm or mmseg
+    layout, e.g. ``swin_large_patch4_window7_224_22k.pth``) loaded by ``iceseg.swin.load_pretrained``.
+
+    Returns:
+        ``"segmentor"`` or ``"backbone"``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: missing / unexpected keys or shape mismatches, naming them.
+    """
+    from iceseg.swin import load_pretrained
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model.pretrained: checkpoint file not found: {path}")
+    sd = unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    if not any(k.startswith("decode_head.") for k in sd):
+        load_pretrained(model.backbone, sd)
+        return "backbone"
+    sd, own = convert_mmseg_segmentor(sd), model.state_dict()
+    bad = [k for k in sd if k in own and sd[k].shape != own[k].shape]
+    missing = [k for k in own if k not in sd and not k.startswith("auxiliary_head.")]
+    unexpected = [k for k in sd if k not in own]
+    if bad or missing or unexpected:
+        raise ValueError(f"{path}: shape mismatches {bad[:5]}, missing keys {missing[:5]} ({len(missing)}), "
+                         f"unexpected keys {unexpected[:5]} ({len(unexpected)})")
+    model.load_state_dict(sd, strict=False)
+    return "segmentor"
+
+
+def _encoder_decoder(cfg, k: dict, backbone: nn.Module, neck, decode_head, aux_levels: list[int]) -> EncoderDecoder:
+    from iceseg.uper import FCNHead
+
+    aux = FCNHead(aux_levels, 2, k["aux_channels"], cfg.model.num_classes, concat_input=k["aux_concat_input"],
+                  dropout_ratio=k["dropout_ratio"]) if k["aux"] else None
+    model = EncoderDecoder(backbone, decode_head, neck, aux, k["decode_loss_weight"], k["aux_loss_weight"],
+                           k.get("edge_mode", "published"), k.get("edge_loss_weight", 0.1), cfg.data.ignore_index,
+                           cfg.loss.class_weight or None, cfg.loss.avg_non_ignore,
+                           extra_loss=build_distance_loss(cfg))
+    if cfg.model.pretrained:
+        load_segmentor_checkpoint(model, cfg.model.pretrained)
+    return model
+
+
+def build_icesegnet(cfg) -> EncoderDecoder:
+    """IceSegNet (spec icesegnet.md §1): Swin -> SEFPN -> K-Net head on UPerSCA-MTL (+ FCN aux on neck level 2).
+
+    Defaults: :data:`ICESEGNET_DEFAULTS` (Swin-L, 246,778,380 parameters without the aux head for 4
+    classes, 250,909,200 with it); ``cfg.model.kwargs`` overrides them.
+    """
+    from iceseg.knet import IterativeDecodeHead
+    from iceseg.sefpn import SEFPN
+    from iceseg.uper import UPerSCAMTLHead
+
+    k = _model_kwargs(cfg, ICESEGNET_DEFAULTS)
+    backbone = _swin(k["backbone"], cfg.data.in_channels)
+    neck = SEFPN(backbone.out_channels, k["neck_channels"])
+    levels = [k["neck_channels"]] * len(backbone.out_channels)
+    generate = UPerSCAMTLHead(levels, k["channels"], cfg.model.num_classes, dropout_ratio=k["dropout_ratio"])
+    # Convs that never receive a gradient are frozen, so DDP needs no find_unused_parameters (the authors' fix)
+    # and the optimizer skips them exactly as it skips gradient-less parameters in mmseg.
+    generate.multi_task_head.segmentation_head.requires_grad_(False)  # 19-channel left-over, never run
+    if k["edge_mode"] == "published":
+        generate.multi_task_head.edge_detection_head.requires_grad_(False)
+    decode = IterativeDecodeHead(generate, len(k["feedforward_channels"]), k["feedforward_channels"], k["num_heads"])
+    return _encoder_decoder(cfg, k, backbone, neck, decode, levels)
+
+
+def build_knet(cfg) -> EncoderDecoder:
+    """Stock K-Net baseline (mmseg ``knet-s3_swin-l_upernet``): Swin -> K-Net head on UPerHead, FCN aux on
+    backbone level 2 (``concat_input=False``, weight 0.4). Defaults :data:`KNET_DEFAULTS` (245,088,408
+    parameters without the aux head for 4 classes)."""
+    from iceseg.knet import IterativeDecodeHead
+    from iceseg.uper import UPerHead
+
+    k = _model_kwargs(cfg, KNET_DEFAULTS)
+    backbone = _swin(k["backbone"], cfg.data.in_channels)
+    generate = UPerHead(backbone.out_channels, k["channels"], cfg.model.num_classes, dropout_ratio=k["dropout_ratio"])
+    decode = IterativeDecodeHead(generate, len(k["feedforward_channels"]), k["feedforward_channels"], k["num_heads"])
+    return _encoder_decoder(cfg, k, backbone, None, decode, backbone.out_channels)
+
+
+def build_deeplab_multitask(cfg) -> nn.Module:
+    """AutoICE multi-task DeepLab (iceseg/deeplab.py) with its :class:`iceseg.losses.MultiTaskLoss`.
+
+    ``cfg.model.kwargs``: ``tasks`` ({task: K}, default SIC 1 / SOD 7 / FLOE 8) plus
+    ``MultiTaskDeepLab`` arguments (``layers``, ``atrous_rates``, ``aspp_channels``, ``pool``,
+    ``dropout``); ``cfg.loss.task_weights`` weighs the heads; ``cfg.model.pretrained`` may be a
+    torchvision ResNet, a seed checkpoint or an iceseg state dict (``deeplab.load_pretrained``).
+    """
+    from iceseg.deeplab import MultiTaskDeepLab, load_pretrained
+    from iceseg.losses import MultiTaskLoss
+
+    kwargs = dict(cfg.model.kwargs)
+    tasks = dict(kwargs.pop("tasks", {"SIC": 1, "SOD": 7, "FLOE": 8}))
+    criterion = MultiTaskLoss(tasks, cfg.loss.task_weights, cfg.data.ignore_index)
+    model = MultiTaskDeepLab(cfg.data.in_channels, tasks, criterion=criterion, **kwargs)
+    if cfg.model.pretrained:
+        load_pretrained(model, cfg.model.pretrained)
+    return model
+
+
+MODELS = {"unetpp": build_unetpp, "icesegnet": build_icesegnet, "knet": build_knet,
+          "deeplab_multitask": build_deeplab_multitask}
+
+
+def build_model(cfg) -> nn.Module:
     """Build the segmentor named by ``cfg.model.name`` with the configured loss.
+
+    A builder returns either a dense net (wrapped here in :class:`DenseSegmentor` with ``SegLoss``) or a
+    complete segmentor marked ``is_segmentor = True`` (returned as is).
 
     Raises:
         KeyError: unknown model name (lists the valid ones).
@@ -69,9 +346,12 @@ def build_model(cfg) -> DenseSegmentor:
     if cfg.model.name not in MODELS:
         raise KeyError(f"unknown model {cfg.model.name!r}; valid: {', '.join(sorted(MODELS))}")
     k_out, k_data = cfg.model.num_classes, cfg.data.num_classes
-    if (cfg.loss.name == "bce_dice") != (k_out == 1) or (k_out != 1 and k_out != k_data) or (k_out == 1 and k_data != 2):
+    if cfg.loss.name != "multitask" and ((cfg.loss.name == "bce_dice") != (k_out == 1) or (k_out != 1 and k_out != k_data)
+                                         or (k_out == 1 and k_data != 2)):
         raise ValueError(f"model.num_classes={k_out} does not fit loss {cfg.loss.name!r} with "
                          f"data.num_classes={k_data} (binary: 1 output, bce_dice, 2 data classes)")
-    criterion = SegLoss(cfg.loss.name, cfg.data.ignore_index, cfg.loss.class_weight, cfg.loss.avg_non_ignore,
-                        cfg.loss.bce_weight)
-    return DenseSegmentor(MODELS[cfg.model.name](cfg), criterion, size_divisor=cfg.eval.size_divisor)
+    net = MODELS[cfg.model.name](cfg)
+    if getattr(net, "is_segmentor", False):  # a complete segmentor with its own losses (e.g. EncoderDecoder)
+        return net
+    criterion = build_loss(cfg)  # SegLoss + the optional distance loss (cfg.loss.dist_*)
+    return DenseSegmentor(net, criterion, size_divisor=cfg.eval.size_divisor)

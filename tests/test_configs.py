@@ -15,8 +15,10 @@ def test_every_config_builds_a_model_that_runs(name):
     x = torch.randn(1, cfg.data.in_channels, 70, 90)  # odd size: exercises size_divisor padding
     with torch.no_grad():
         out = model(x)
-    assert out.shape == (1, cfg.model.num_classes, 70, 90)
-    assert torch.isfinite(out).all()
+    outs = out.values() if isinstance(out, dict) else [out]  # multi-task segmentors: {task: (B, K_t, H, W)}
+    assert all(o.shape[0] == 1 and o.shape[-2:] == (70, 90) and torch.isfinite(o).all() for o in outs)
+    if not isinstance(out, dict):
+        assert out.shape == (1, cfg.model.num_classes, 70, 90)
 
 
 def test_unknown_config_lists_close_matches():
@@ -27,12 +29,12 @@ def test_unknown_config_lists_close_matches():
 def test_overrides_parse_and_type_check():
     cfg = configs.get_config("demo")
     applied = configs.apply_overrides(cfg, ["--optim.lr=1", "--train.max_iters=7", "--train.amp=bf16",
-                                            "--eval.crop_size=[64, 96]", "--model.kwargs.decoder_channels=[8, 8, 8, 8, 8]",
+                                            "--eval.crop_size=[64, 96]", "--model.kwargs.feedforward_channels=[8, 8, 8]",
                                             "--train.resume=False"])
     assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)  # int -> float promotion
     assert cfg.train.max_iters == 7 and cfg.train.amp == "bf16" and cfg.train.resume is False
     assert cfg.eval.crop_size == (64, 96)  # list coerced to the field's tuple
-    assert cfg.model.kwargs["decoder_channels"] == [8, 8, 8, 8, 8]
+    assert cfg.model.kwargs["feedforward_channels"] == [8, 8, 8]
     assert len(applied) == 6
 
 
