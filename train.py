@@ -6,7 +6,12 @@
     torchrun --standalone --nproc_per_node=8 train.py --config unetpp_glacier --optim.lr=2e-4 --train.amp=bf16
 
 Rerunning the same command resumes from ``<work_dir>/last.pt`` (``--train.resume=False`` starts
-over). Outputs in the work dir: ``config.json``, ``log.jsonl`` (one JSON object per log/eval
+over); a truncated ``last.pt`` falls back to ``last.prev.pt`` with a warning. With
+``--train.deterministic=True`` a resumed run repeats the uninterrupted run's losses exactly.
+SIGTERM/SIGINT (cluster preemption, Ctrl-C) finish the current step on every rank, save
+``last.pt`` and exit with status 128 + signal number. A step with a non-finite loss or gradient
+is skipped and logged; ``train.nonfinite_patience`` of them in a row save ``last.pt`` and stop.
+Outputs in the work dir: ``config.json``, ``log.jsonl`` (one JSON object per train/val/skip
 event), ``last.pt`` and ``best.pt`` (written atomically; loadable with ``weights_only=True``).
 """
 
@@ -17,6 +22,7 @@ import math
 import os
 import random
 import resource
+import signal
 import sys
 import time
 from pathlib import Path
@@ -29,7 +35,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 import configs
 import iceseg
 from iceseg import dist
-from iceseg.checkpoint import load_checkpoint, save_checkpoint
+from iceseg.checkpoint import load_checkpoint, prev_path, rng_state, save_checkpoint, set_rng_state
 from iceseg.data import build_dataset, prepare_data
 from iceseg.evaluation import build_evaluator, to_device
 from iceseg.segmentor import build_model
@@ -47,11 +53,18 @@ try:
 except (KeyError, TypeError, ValueError) as e:
     sys.exit(f"error: {e.args[0]}")
 T, D, O, S = cfg.train, cfg.data, cfg.optim, cfg.schedule
-if T.amp not in ("none", "bf16", "fp16"):
-    sys.exit(f"--train.amp must be none, bf16 or fp16, not {T.amp!r}")
+CHOICES = {"train.amp": ("none", "bf16", "fp16"), "train.best_mode": ("max", "min"),
+           "optim.name": ("adamw", "adam", "sgd"), "schedule.name": ("constant", "cosine", "poly", "plateau"),
+           "schedule.plateau_mode": ("", "max", "min"), "train.device": ("auto", "cpu", "cuda")}
+for key, valid in CHOICES.items():  # string options outside a registry: a typo must not pass silently
+    section, name = key.split(".")
+    if (value := getattr(getattr(cfg, section), name)) not in valid:
+        sys.exit(f"error: --{key} must be one of {', '.join(map(repr, valid))}, not {value!r}")
 
 # ----------------------------------------------------------------------------- distributed
-rank, world, device = dist.init_distributed(T.device)
+if T.deterministic:  # must precede the first cuBLAS call; deterministic cuBLAS needs a fixed workspace
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+rank, world, device = dist.init_distributed(T.device, T.dist_timeout_min)
 print0 = dist.print0
 for o in overrides:
     print0(f"override: {o}")
@@ -60,10 +73,32 @@ random.seed(T.seed + rank)
 np.random.seed(T.seed + rank)
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
+if T.deterministic:  # ops with no deterministic kernel (e.g. bilinear backward on CUDA) warn, not fail
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
 work_dir = Path(T.work_dir)
 if rank == 0:
     work_dir.mkdir(parents=True, exist_ok=True)
     (work_dir / "config.json").write_text(json.dumps(configs.to_dict(cfg), indent=2))
+
+
+def on_uncaught(kind, err, tb) -> None:
+    """Uncaught error under torchrun: print it (with a hint when a collective failed) and exit at once.
+
+    A process group whose peer died can abort or hang while shutting down, so this exits with
+    ``os._exit(1)``; torchrun then stops the other ranks and names the first failure.
+    """
+    sys.__excepthook__(kind, err, tb)
+    if isinstance(err, torch.distributed.DistError) or any(s in str(err) for s in ("gloo", "NCCL", "Timed out")):
+        print(f"rank {rank}: a collective operation failed: another process has most likely died (its own "
+              f"error and torchrun's summary name it) or stalled for train.dist_timeout_min="
+              f"{T.dist_timeout_min:g} minutes. Rerun the same command to resume from {work_dir / 'last.pt'}.",
+              file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+if world > 1:
+    sys.excepthook = on_uncaught
 
 
 def log_json(event: dict) -> None:
@@ -99,8 +134,13 @@ class ResumableSampler(DistributedSampler):
 sampler = ResumableSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=T.seed, drop_last=True)
 loader_kw = dict(num_workers=D.num_workers, pin_memory=device.type == "cuda",
                  persistent_workers=False)  # workers restart each epoch so set_epoch reaches them
-train_loader = DataLoader(train_set, batch_size=D.batch_size, sampler=sampler, drop_last=True, **loader_kw)
-val_loader = DataLoader(val_shard, batch_size=1, shuffle=False, **loader_kw)
+# Own generators: worker seeds (torch seeds torch/numpy/random in worker w with base + w) never draw
+# from the global RNG, and the train loader's is reseeded per (seed, rank, epoch) so that a resumed
+# epoch hands its workers the same seeds as the uninterrupted run did.
+loader_gen = torch.Generator()
+train_loader = DataLoader(train_set, batch_size=D.batch_size, sampler=sampler, drop_last=True,
+                          generator=loader_gen, **loader_kw)
+val_loader = DataLoader(val_shard, batch_size=1, shuffle=False, generator=torch.Generator(), **loader_kw)
 iters_per_epoch = len(train_loader) // T.accum_steps
 if iters_per_epoch == 0:
     sys.exit(f"the training set has {len(train_set)} samples: too few for batch {D.batch_size} x "
@@ -125,16 +165,11 @@ for name, p in model.named_parameters():
     mult = next((m for s, m in O.lr_mult.items() if s in name), 1.0)
     groups.setdefault((wd, mult), []).append(p)
 param_groups = [{"params": ps, "weight_decay": wd, "lr_mult": m} for (wd, m), ps in groups.items()]
-if O.name == "adamw":
-    optimizer = torch.optim.AdamW(param_groups, lr=O.lr, betas=O.betas, eps=O.eps)
-elif O.name == "adam":
-    optimizer = torch.optim.Adam(param_groups, lr=O.lr, betas=O.betas, eps=O.eps)
-elif O.name == "sgd":
+if O.name == "sgd":
     optimizer = torch.optim.SGD(param_groups, lr=O.lr, momentum=O.momentum)
 else:
-    sys.exit(f"--optim.name must be adamw, adam or sgd, not {O.name!r}")
-if S.name not in ("constant", "cosine", "poly", "plateau"):
-    sys.exit(f"--schedule.name must be constant, cosine, poly or plateau, not {S.name!r}")
+    opt_cls = torch.optim.AdamW if O.name == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(param_groups, lr=O.lr, betas=O.betas, eps=O.eps)
 plateau = {"scale": 1.0, "best": None, "bad": 0}  # ReduceLROnPlateau state (torch semantics, 'rel' threshold)
 
 
@@ -172,15 +207,15 @@ amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(T.amp)
 scaler = torch.amp.GradScaler(device.type, enabled=T.amp == "fp16")
 
 # ----------------------------------------------------------------------------- resume (before compile and DDP)
-start_iter, best, n_stale = 0, None, 0
-if T.resume and (work_dir / "last.pt").is_file():
-    ckpt = load_checkpoint(work_dir / "last.pt")
+start_iter, best, n_stale, n_skipped = 0, None, 0, 0
+if T.resume and any(p.is_file() for p in (work_dir / "last.pt", prev_path(work_dir / "last.pt"))):
+    ckpt = load_checkpoint(work_dir / "last.pt")  # falls back to last.prev.pt (with a warning)
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scaler.load_state_dict(ckpt["scaler"])
     plateau.update(ckpt["plateau"])
-    start_iter, best, n_stale = ckpt["iter"], ckpt["best"], ckpt["stale"]
-    torch.set_rng_state(ckpt["rng"][rank % len(ckpt["rng"])])
+    start_iter, best, n_stale, n_skipped = ckpt["iter"], ckpt["best"], ckpt["stale"], ckpt.get("skipped", 0)
+    set_rng_state(ckpt["rng"][rank % len(ckpt["rng"])])
     print0(f"resumed from {work_dir / 'last.pt'} at iteration {start_iter}")
 model_without_ddp = model
 if T.compile:
@@ -205,16 +240,25 @@ def evaluate() -> dict:
 
 
 def save(path: Path, it: int) -> None:
-    """Write a plain-data checkpoint (rank 0 writes; RNG states gathered from every rank)."""
-    rng = [torch.get_rng_state()]
+    """Write a plain-data checkpoint (every rank must call it: RNG states are gathered; rank 0 writes)."""
+    rng = [rng_state()]
     if world > 1:
         rng = [None] * world
-        torch.distributed.all_gather_object(rng, torch.get_rng_state())
+        torch.distributed.all_gather_object(rng, rng_state())
     if rank == 0:
         save_checkpoint({"model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict(), "plateau": dict(plateau), "iter": it,
-                         "epoch": it // iters_per_epoch, "best": best, "stale": n_stale, "rng": rng,
-                         "config": configs.to_dict(cfg), "version": iceseg.__version__}, path)
+                         "epoch": it // iters_per_epoch, "best": best, "stale": n_stale, "skipped": n_skipped,
+                         "rng": rng, "config": configs.to_dict(cfg), "version": iceseg.__version__}, path)
+
+
+def stop_run(it: int, message: str, code: int) -> None:
+    """Save last.pt at iteration ``it`` (all ranks), print ``message`` and exit with status ``code``."""
+    save(work_dir / "last.pt", it)
+    print0(message)
+    dist.barrier()
+    dist.cleanup()
+    sys.exit(code)
 
 
 # ----------------------------------------------------------------------------- training loop
@@ -225,12 +269,28 @@ def batches(it: int):
     while True:
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
+        loader_gen.manual_seed(int(np.random.SeedSequence([T.seed, rank, epoch]).generate_state(1)[0]))
         for batch in train_loader:
             yield epoch, batch
         epoch += 1
         sampler.skip = 0
 
 
+def on_signal(signum, frame) -> None:
+    """SIGTERM/SIGINT: note the request; the loop finishes its step, then every rank saves and exits.
+
+    DataLoader workers inherit this handler and so ignore the signal: they keep serving the step.
+    """
+    global stop_signal
+    if not stop_signal and os.getpid() == main_pid:
+        print(f"rank {rank}: {signal.Signals(signum).name} received: finishing this step, then saving "
+              f"{work_dir / 'last.pt'} (SIGKILL to quit at once)", flush=True)
+    stop_signal = signum
+
+
+stop_signal, main_pid = 0, os.getpid()
+signal.signal(signal.SIGTERM, on_signal)
+signal.signal(signal.SIGINT, on_signal)
 model.train()
 stream = batches(start_iter)
 t0, t_last, n_bad, done = time.time(), time.time(), 0, start_iter
@@ -249,26 +309,34 @@ for it in range(start_iter, max_iters):
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 losses = model(batch["img"], batch["label"])  # label: tensor or {task: tensor}
                 loss = sum(losses.values()) / T.accum_steps
+                if it + 1 in T.debug_nan_iters:  # test hook: a non-finite loss at chosen iterations
+                    loss = loss * float("nan")
             scaler.scale(loss).backward()
         loss_sum += loss.detach()
-    loss_all = dist.all_reduce_mean(loss_sum)
-    if not torch.isfinite(loss_all):
-        n_bad += 1
-        optimizer.zero_grad(set_to_none=True)
-        print0(f"iter {it + 1}: non-finite loss, step skipped ({n_bad} in a row)")
-        if n_bad >= 5:
-            save(work_dir / "last.pt", it)
-            sys.exit("stopping: 5 consecutive non-finite losses (last.pt saved)")
-        continue
-    n_bad = 0
+    # one collective carries the mean loss and any rank's stop request, so that all ranks act alike
+    loss_all, stop = dist.all_reduce_mean(torch.stack([loss_sum, loss_sum.new_tensor(float(stop_signal))]))
     scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), O.clip_grad if O.clip_grad > 0 else float("inf"))
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
     done = it + 1
+    finite = bool(torch.isfinite(loss_all) and torch.isfinite(grad_norm))  # equal on all ranks (reduced)
+    if finite:
+        scaler.step(optimizer)
+        n_bad = 0
+    else:  # skip the update; an fp16 overflow (finite loss, scale >= 1) is the scaler's to handle
+        overflow = scaler.is_enabled() and bool(torch.isfinite(loss_all)) and scaler.get_scale() >= 1
+        n_bad, n_skipped = n_bad + (not overflow), n_skipped + 1
+        print0(f"iter {done}: loss {loss_all.item():.4g}, grad norm {grad_norm.item():.4g}: step skipped "
+               f"({n_bad} non-finite in a row, {n_skipped} skipped in all)")
+        log_json({"event": "skip", "iter": done, "loss": str(loss_all.item()), "grad_norm": str(grad_norm.item()),
+                  "fp16_overflow": overflow, "in_a_row": n_bad, "skipped": n_skipped})
+    scaler.update()  # fp16: lowers the loss scale after an overflow; no-op otherwise
+    optimizer.zero_grad(set_to_none=True)
+    if n_bad >= T.nonfinite_patience:
+        stop_run(done, f"stopping: {n_bad} consecutive steps with a non-finite loss or gradient (iterations "
+                 f"{done - n_bad + 1}-{done}); last.pt saved at iteration {done}. Lower optim.lr, set "
+                 f"optim.clip_grad or check the data, then rerun the same command to resume.", 1)
 
-    if done % T.log_interval == 0 or done == max_iters:
+    if finite and (done % T.log_interval == 0 or done == max_iters):
         dt = time.time() - t_last
         t_last = time.time()
         speed = T.log_interval / dt if dt > 0 else 0.0
@@ -279,7 +347,7 @@ for it in range(start_iter, max_iters):
                f"grad {grad_norm.item():.3f} {speed:.2f} it/s eta {datetime.timedelta(seconds=int(eta))} "
                f"mem {mem:.2f} GiB")
         log_json({"event": "train", "iter": done, "epoch": epoch + 1, "loss": loss_all.item(), "lr": lr,
-                  "grad_norm": grad_norm.item(), "it_per_s": speed, "mem_gib": mem,
+                  "grad_norm": grad_norm.item(), "it_per_s": speed, "mem_gib": mem, "skipped": n_skipped,
                   **{k: dist.all_reduce_mean(v.detach()).item() for k, v in losses.items()}})
 
     if done % (T.val_interval * unit) == 0 or done == max_iters:
@@ -301,6 +369,10 @@ for it in range(start_iter, max_iters):
             break
     if done % (T.ckpt_interval * unit) == 0 or done == max_iters:
         save(work_dir / "last.pt", done)
+    if stop > 0 and done < max_iters:
+        name = signal.Signals(stop_signal or signal.SIGTERM).name  # ranks not signalled report SIGTERM
+        stop_run(done, f"stopped by {name} after iteration {done}: last.pt saved; rerun the same command "
+                 f"to resume", 128 + (stop_signal or signal.SIGTERM))
 
 print0(f"done: {done} iterations, best {T.best_metric} {best}")
 dist.barrier()  # let rank 0 finish writing before the group goes away
