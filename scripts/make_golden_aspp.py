@@ -25,7 +25,7 @@ The PyPI torchvision wheel does not import on CPU-only torch (pytorch/vision#908
 schemas it looks up at import time are declared first.
 """
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import torch
@@ -35,19 +35,17 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "assets" / "aspp_golden.pt"
 
-_tv_lib = torch.library.Library("torchvision", "DEF")  # keep a reference: dropping it undoes the defs
-_tv_lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-_tv_lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+sys.path.insert(0, str(ROOT / "scripts"))
+from refenv import allow_torchvision_import, load_golden  # noqa: E402
+
+allow_torchvision_import()
 
 import torchvision  # noqa: E402
 from torchvision.models import resnet152  # noqa: E402
 from torchvision.models._utils import IntermediateLayerGetter  # noqa: E402
 from torchvision.models.segmentation.deeplabv3 import ASPP  # noqa: E402
 
-# tests/golden.py by path: reference packages (mmsegmentation) install a top-level `tests`
-_spec = importlib.util.spec_from_file_location("iceseg_tests_golden", ROOT / "tests" / "golden.py")
-_golden = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_golden)
+_golden = load_golden()
 
 
 def seeded(model: nn.Module) -> dict:

@@ -24,19 +24,17 @@ padding, uneven FPN resizes), a label with ignored pixels, and
     deterministically).
 """
 
-import importlib.util
 import sys
-import types
 from importlib.metadata import version
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-_spec = importlib.util.spec_from_file_location("iceseg_tests_golden", ROOT / "tests" / "golden.py")
-_golden = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_golden)
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+from refenv import allow_torchvision_import, load_golden, stub_mmcv_ops  # noqa: E402
+
+_golden = load_golden()
 
 import configs  # noqa: E402
 from iceseg.segmentor import build_model, convert_mmseg_segmentor  # noqa: E402
@@ -45,26 +43,14 @@ OUTPUT_STRIDE = 7
 NUM_CLASSES = 4
 SHAPE = (2, 3, 65, 83)
 FC_MASK_SCALE = 0.25
-_TV_LIB = None
 
 
 def import_mmseg():
     """mmseg's model registry with a stub ``mmcv.ops`` (mmcv-lite has no compiled ops) and the PyPI
     torchvision wheel's ``nms``/``qnms`` schemas defined on CPU torch (pytorch/vision#9085; mmseg's registry
     imports timm, which imports torchvision)."""
-    global _TV_LIB
-    _TV_LIB = torch.library.Library("torchvision", "DEF")  # must stay alive
-    _TV_LIB.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _TV_LIB.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    stub = types.ModuleType("mmcv.ops")
-
-    def missing(name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return lambda *a, **k: (_ for _ in ()).throw(RuntimeError(f"mmcv.ops.{name} is a stub"))
-
-    stub.__getattr__ = missing
-    sys.modules["mmcv.ops"] = stub
+    allow_torchvision_import()
+    stub_mmcv_ops()
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
 

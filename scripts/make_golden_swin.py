@@ -27,7 +27,6 @@ What is compared (fp32, eval, printed as max |diff|):
 
 import sys
 import tempfile
-import types
 from importlib.metadata import version
 from pathlib import Path
 
@@ -35,8 +34,10 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-from golden import seeded_state_dict, seeded_tensor  # noqa: E402
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+from refenv import allow_torchvision_import, load_golden, stub_mmcv_ops  # noqa: E402
+
+seeded_state_dict, seeded_tensor = load_golden().seeded_state_dict, load_golden().seeded_tensor
 
 from iceseg.swin import (  # noqa: E402
     SwinTransformer,
@@ -52,21 +53,11 @@ RESIZE_KEY = "layers.2.blocks.3.attn.relative_position_bias_table"  # Swin-T sta
 
 def import_references():
     """Import mmseg's SwinTransformer and timm with the two CPU workarounds described above."""
-    lib = torch.library.Library("torchvision", "DEF")  # noqa: F841 (must stay alive)
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    stub = types.ModuleType("mmcv.ops")
-
-    def missing(name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return lambda *a, **k: (_ for _ in ()).throw(RuntimeError(f"mmcv.ops.{name} is a stub"))
-
-    stub.__getattr__ = missing
-    sys.modules["mmcv.ops"] = stub
+    allow_torchvision_import()
+    stub_mmcv_ops()
     import timm
     from mmseg.models.backbones.swin import SwinTransformer as MMSwin
-    return MMSwin, timm, lib
+    return MMSwin, timm
 
 
 def make_input(shape, seed):
@@ -194,7 +185,7 @@ def timm_asset(timm):
 
 
 def main():
-    MMSwin, timm, _lib = import_references()
+    MMSwin, timm = import_references()
     out_dir = ROOT / "tests" / "assets"
     for fname, asset in [("swin_mmseg.pt", mmseg_asset(MMSwin)), ("swin_timm.pt", timm_asset(timm))]:
         torch.save(asset, out_dir / fname)

@@ -21,24 +21,22 @@ The PyPI torchvision wheel does not import on CPU-only torch (pytorch/vision#908
 ops are missing); the schemas it looks up at import time are declared below first.
 """
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-_tv_lib = torch.library.Library("torchvision", "DEF")  # keep a reference: dropping it undoes the defs
-_tv_lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-_tv_lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+sys.path.insert(0, str(ROOT / "scripts"))
+from refenv import allow_torchvision_import, load_golden  # noqa: E402
+
+allow_torchvision_import()
 
 import segmentation_models_pytorch as smp  # noqa: E402
 import torchvision  # noqa: E402
 
-# load tests/golden.py by path: some reference packages (mmsegmentation) install a top-level `tests`
-_spec = importlib.util.spec_from_file_location("iceseg_tests_golden", ROOT / "tests" / "golden.py")
-_golden = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_golden)
+_golden = load_golden()
 seeded_state_dict = _golden.seeded_state_dict
 
 OUT = ROOT / "tests" / "assets" / "unetpp_golden.pt"
