@@ -156,8 +156,8 @@ def _decode_chart(ds, raw: np.ndarray) -> np.ndarray:
     return out
 
 
-def open_nc(path) -> "h5py.File":
-    """Open a NetCDF-4 file read-only with h5py.
+def open_nc(path):
+    """Open a NetCDF-4 file read-only with h5py; returns an ``h5py.File`` (a context manager).
 
     Raises:
         ValueError: the file is unreadable or truncated, naming it.
@@ -185,7 +185,7 @@ class Scene:
     """
 
     def __init__(self, path: str | Path, downsample: int = 1, need_labels: bool = True):
-        h5py = require_h5py()
+        require_h5py()  # fail early with the install hint
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"AutoICE scene not found: {self.path}")
@@ -239,7 +239,6 @@ class Scene:
     def read_charts(self, r0: int = 0, r1: int | None = None, c0: int = 0, c1: int | None = None,
                     step: int = 1, charts=CHARTS) -> dict:
         """Charts ``{name: (h, w) uint8}`` (255 = masked) of 80 m rows ``r0:r1:step``, cols ``c0:c1:step``."""
-        h5py = require_h5py()
         with open_nc(self.label_file) as fh:
             return {c: _decode_chart(fh[c], fh[c][r0:r1:step, c0:c1:step]) for c in charts}
 
@@ -255,7 +254,6 @@ class Scene:
         Returns:
             ``(18, y1 - y0, x1 - x0)`` float32 in :data:`CHANNELS` order.
         """
-        h5py = require_h5py()
         y1 = self.size[0] if y1 is None else y1
         x1 = self.size[1] if x1 is None else x1
         rr, cc = self.rows[y0:y1], self.cols[x0:x1]  # 80 m line / sample of each output pixel

@@ -72,14 +72,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     prev = prev_path(path)
     if not path.is_file():
         if fallback and prev.is_file():
-            warnings.warn(f"{path} is missing; falling back to {prev}")
+            warnings.warn(f"{path} is missing; falling back to {prev}", stacklevel=2)
             return load_checkpoint(prev, map_location, fallback=False)
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupt, truncated, or not a checkpoint
         if fallback and prev.is_file():
-            warnings.warn(f"{path} is unreadable ({type(e).__name__}: {e}); falling back to {prev}")
+            warnings.warn(f"{path} is unreadable ({type(e).__name__}: {e}); falling back to {prev}", stacklevel=2)
             return load_checkpoint(prev, map_location, fallback=False)
         raise RuntimeError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
 

@@ -93,9 +93,9 @@ def _finish(proc, timeout=180, rc=0):
     """Wait for the run to end by itself (no hang) and check its exit status; returns (stdout, stderr)."""
     try:
         proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as e:
         _kill_all(proc)
-        raise AssertionError(f"no exit within {timeout} s (hang):\n{proc.err.read_text()[-3000:]}")
+        raise AssertionError(f"no exit within {timeout} s (hang):\n{proc.err.read_text()[-3000:]}") from e
     out, err = proc.out.read_text(), proc.err.read_text()
     assert rc is None or proc.returncode == rc, (proc.returncode, out[-2000:], err[-4000:])
     return out, err

@@ -73,7 +73,7 @@ def test_labels_match_drawn_regions(dataset):
     # Per image, ice (shore 3 / drift 4) must be clearly brighter than open water (2).
     imgs, labels = _load(dataset, "train")
     grey = imgs.astype(np.float64).mean(-1)
-    for g, lab in zip(grey, labels):
+    for g, lab in zip(grey, labels, strict=True):
         water = g[lab == 2].mean()
         for c in (3, 4):
             if (lab == c).sum() > 100:
