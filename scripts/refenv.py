@@ -26,7 +26,7 @@ _TV_LIB = None  # the Library object must stay alive or its definitions are drop
 def allow_torchvision_import() -> None:
     """Declare ``torchvision::nms`` and ``torchvision::qnms`` so ``import torchvision`` works on CPU torch."""
     global _TV_LIB
-    if _TV_LIB is None:
+    if _TV_LIB is None and not hasattr(torch.ops.torchvision, "nms"):  # a CUDA build, or declared already
         _TV_LIB = torch.library.Library("torchvision", "DEF")
         _TV_LIB.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         _TV_LIB.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")

@@ -1,0 +1,628 @@
+"""Benchmark every iceseg model against its reference implementation in the same run (issue 7).
+
+    python benchmark.py [--cases all|a,b,...] [--repeats 3] [--warmup 0] [--device cpu] [--threads 2]
+                        [--json bench.json] [--quick] [--no-ref]
+
+Dev tool (not part of the library). Each case runs in a fresh subprocess (``--worker CASE``) that builds our
+model and, when the reference library imports, the reference model with the SAME weights (the reference's own
+initialisation loaded into ours through our converters: ``convert_timm_swin``, ``convert_mmseg_segmentor``,
+``convert_smp_unetpp``, ``convert_seed_checkpoint``). Per implementation it runs one counted pass under
+``torch.utils.flop_counter.FlopCounterMode`` (also the first warm-up), ``--warmup`` more passes, then
+``--repeats`` timed passes, and reports:
+
+    median latency (s), images/s (batch / median), FLOPs of one pass, achieved GFLOP/s and its share of the
+    machine's fp32 matmul throughput (case ``matmul``: a 4096 x 4096 product), and peak memory over all passes:
+    on CPU the peak-RSS increase (the kernel's high-water mark ``VmHWM`` is reset through
+    ``/proc/self/clear_refs`` after the models are built and compared with ``VmRSS`` at that moment; the first
+    pass of a fresh process touches new pages, so this is the pass's real footprint), on CUDA
+    ``torch.cuda.max_memory_allocated`` minus the memory allocated before the passes.
+
+A train step is forward + loss + backward + ``AdamW.step`` (default foreach implementation) + ``zero_grad``,
+batch 1. Reference libraries (timm, mmseg 1.2.2 with a stub ``mmcv.ops``, smp, torchvision with the CPU op
+schema workaround of pytorch/vision#9085) are only imported inside try/except; the output says which were
+found. Output: a table on stdout and, with ``--json``, a JSON file ``{"machine": ..., "cases": [...]}``.
+"""
+
+import argparse
+import functools
+import gc
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+# name -> (description, full-size settings, --quick settings)
+CASES = {
+    "matmul": ("fp32 matmul throughput (A @ B, square)", {"n": 4096}, {"n": 2048}),
+    "swin_l_infer_512": ("Swin-L backbone inference vs timm", {"size": (512, 512)}, {"size": (64, 64)}),
+    "swin_l_train_512": ("Swin-L backbone train step vs timm", {"size": (512, 512)}, {"size": (64, 64)}),
+    "icesegnet_infer_512": ("IceSegNet inference", {"size": (512, 512)}, {"size": (64, 64)}),
+    "icesegnet_train_512": ("IceSegNet train step", {"size": (512, 512), "batch": 2}, {"size": (64, 64), "batch": 2}),
+    "icesegnet_infer_2048x819": ("IceSegNet whole-image inference", {"size": (819, 2048)}, {"size": (64, 160)}),
+    "knet_infer_512": ("K-Net Swin-L inference vs mmseg", {"size": (512, 512)}, {"size": (64, 64)}),
+    "knet_train_512": ("K-Net Swin-L train step vs mmseg", {"size": (512, 512), "batch": 2}, {"size": (64, 64), "batch": 2}),
+    "unetpp_infer_512": ("U-Net++ R34 5-band inference vs smp", {"size": (512, 512)}, {"size": (64, 64)}),
+    "unetpp_train_512": ("U-Net++ R34 5-band train step vs smp", {"size": (512, 512)}, {"size": (64, 64)}),
+    "deeplab_infer_768": ("AutoICE DeepLab inference vs torchvision seed", {"size": (768, 768)}, {"size": (64, 64)}),
+    "deeplab_train_768": ("AutoICE DeepLab train step vs torchvision seed", {"size": (768, 768)}, {"size": (64, 64)}),
+    "deeplab_scene_2000": ("AutoICE 2000x2000 scene, tiled inference (eval crop/stride of deeplab_autoice)",
+                           {"size": (2000, 2000), "crop": (1024, 1024), "stride": (768, 768)},
+                           {"size": (96, 96), "crop": (64, 64), "stride": (48, 48)}),
+    "distance_maps": ("Lossd class distance maps (Manhattan, K=50), batch 8 x 7 classes",
+                      {"batch": 8, "size": 1024, "classes": 7}, {"batch": 2, "size": 128, "classes": 7}),
+}
+HEAVY = [c for c in CASES if c != "matmul"]
+
+
+# ----------------------------------------------------------------------------- measurement helpers
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak(device: torch.device) -> float:
+    """Reset the peak-memory counter; return the current level in MiB."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20
+    try:  # give freed heap pages (e.g. the other implementation's weights) back, so they cannot be reused unseen
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+    except OSError:
+        pass
+    return (_status_kb("VmRSS") or 0) / 1024
+
+
+def _peak(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return (_status_kb("VmHWM") or 0) / 1024
+
+
+class _NoModuleTracker:
+    """Stand-in for FlopCounterMode's ModuleTracker: per-module attribution registers grad hooks on module
+    inputs, which fails under no_grad when a Parameter is a module input (K-Net's kernels); we only need
+    the total, which the counter keeps under the "Global" parent."""
+
+    parents = ("Global",)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        return None
+
+
+def _flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _NoModuleTracker()
+    return counter
+
+
+def measure(fn, device: torch.device, repeats: int, warmup: int, batch: int, count_flops: bool = True) -> dict:
+    """Run ``fn`` once under FlopCounterMode, ``warmup`` more times, then ``repeats`` timed times."""
+    flops = None
+    base = _reset_peak(device)  # before the first pass: later passes may reuse pages the allocator kept
+    t0 = time.perf_counter()
+    if count_flops:
+        counter = _flop_counter()
+        with counter:
+            fn()
+        flops = int(counter.get_total_flops())
+    else:
+        fn()
+    _sync(device)
+    first = time.perf_counter() - t0
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    out = {"median_s": med, "min_s": min(times), "times_s": times, "first_s": first, "images_per_s": batch / med,
+           "peak_mem_mib": _peak(device) - base, "flops": flops}
+    out["gflops_per_s"] = flops / med / 1e9 if flops else None
+    return out
+
+
+@functools.lru_cache(maxsize=None)  # one module object per script: refenv's op library must stay alive
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"iceseg_bench_{name}", ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _tv_schemas() -> None:
+    """Let the PyPI torchvision wheel import on CPU torch (scripts/refenv.py, pytorch/vision#9085)."""
+    _load_script("refenv").allow_torchvision_import()
+
+
+def _mmseg_models():
+    """mmseg's MODELS registry with a stub ``mmcv.ops`` (mmcv-lite has no compiled ops; scripts/refenv.py)."""
+    refenv = _load_script("refenv")
+    refenv.allow_torchvision_import()
+    refenv.stub_mmcv_ops()
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    register_all_modules()
+    return MODELS
+
+
+def _train_fn(model, loss_fn):
+    """forward + loss + backward + AdamW step (foreach) + zero_grad(set_to_none)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-6, weight_decay=1e-4)
+
+    def step():
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _rand(shape, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 256, shape, generator=g).float() / 64 - 2).to(device)
+
+
+def _feat_loss(outs) -> torch.Tensor:
+    if isinstance(outs, dict):
+        outs = list(outs.values())
+    return sum(o.float().pow(2).mean() for o in outs)
+
+
+# ----------------------------------------------------------------------------- cases
+def case_matmul(s, device, quick, use_ref):
+    n = s["n"]
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return {"batch": 1, "impls": {"ours": lambda: a @ b}, "refs_found": {}}
+
+
+def _bench_fns(runs: dict, models: dict, train: bool, loss=None) -> dict:
+    """``{impl: callable}``: a train step (loss of ``run()`` backpropagated) or a ``no_grad`` forward."""
+    fns = {}
+    for name, run in runs.items():
+        m = models[name]
+        if train:
+            m.train()
+            fns[name] = _train_fn(m, lambda run=run: (loss or _feat_loss)(run()))
+        else:
+            m.eval()
+            fns[name] = torch.no_grad()(run)
+    return fns
+
+
+def _swin(s, device, quick, use_ref, train):
+    from iceseg.swin import SwinTransformer, convert_timm_swin, swin_large, swin_tiny
+
+    H, W = s["size"]
+    preset, timm_name = (swin_tiny, "swin_tiny_patch4_window7_224") if quick else \
+        (swin_large, "swin_large_patch4_window7_224")
+    ours = SwinTransformer(preset(drop_path_rate=0.3)).to(device)
+    impls, refs, found = {"ours": ours}, {}, {}
+    if use_ref:
+        try:
+            _tv_schemas()
+            import timm
+
+            ref = timm.create_model(timm_name, pretrained=False, img_size=(H, W), always_partition=True,
+                                    strict_img_size=False, drop_path_rate=0.3).to(device)
+            ours.load_state_dict(convert_timm_swin(ref.state_dict()), strict=False)
+            refs["timm"] = ref
+            found["timm"] = timm.__version__
+        except Exception as e:  # noqa: BLE001
+            found["timm"] = f"not available: {type(e).__name__}: {e}"[:200]
+    x = _rand((1, 3, H, W), device)
+    models = {**impls, **refs}
+    runs = {name: (lambda m=m: m(x)) if name == "ours" else (lambda m=m: m.forward_intermediates(x, intermediates_only=True))
+            for name, m in models.items()}
+    return {"batch": 1, "impls": _bench_fns(runs, models, train), "refs_found": found}
+
+
+def case_swin_l_infer_512(s, device, quick, use_ref):
+    return _swin(s, device, quick, use_ref, train=False)
+
+
+def case_swin_l_train_512(s, device, quick, use_ref):
+    return _swin(s, device, quick, use_ref, train=True)
+
+
+def _seg_cfg(name, quick):
+    import configs
+
+    cfg = configs.get_config(name)
+    cfg.model.pretrained = ""
+    if quick:
+        cfg.model.kwargs = {**cfg.model.kwargs, "backbone": {"preset": "swin_tiny", "drop_path_rate": 0.3}}
+    return cfg
+
+
+def _segmentor_fns(model, x, label, train):
+    if train:
+        model.train()
+        return _train_fn(model, lambda: sum(model(x, label).values()))
+    model.eval()
+    return torch.no_grad()(lambda: model(x))
+
+
+def _icesegnet(s, device, quick, use_ref, train):
+    from iceseg.segmentor import build_model
+
+    cfg = _seg_cfg("icesegnet_yrcc2", quick)
+    (H, W), B = s["size"], s.get("batch", 1)
+    model = build_model(cfg).to(device)
+    x = _rand((B, 3, H, W), device)
+    label = torch.randint(0, cfg.model.num_classes, (B, H, W), generator=torch.Generator().manual_seed(1)).to(device)
+    return {"batch": B, "impls": {"ours": _segmentor_fns(model, x, label, train)}, "refs_found": {}}
+
+
+def case_icesegnet_infer_512(s, device, quick, use_ref):
+    return _icesegnet(s, device, quick, use_ref, False)
+
+
+def case_icesegnet_train_512(s, device, quick, use_ref):
+    return _icesegnet(s, device, quick, use_ref, True)
+
+
+def case_icesegnet_infer_2048x819(s, device, quick, use_ref):
+    return _icesegnet(s, device, quick, use_ref, False)
+
+
+def _knet(s, device, quick, use_ref, train):
+    from iceseg.segmentor import build_model, convert_mmseg_segmentor
+
+    cfg = _seg_cfg("knet_yrcc2", quick)
+    (H, W), B = s["size"], s.get("batch", 1)
+    ours = build_model(cfg).to(device)
+    x = _rand((B, 3, H, W), device)
+    label = torch.randint(0, cfg.model.num_classes, (B, H, W), generator=torch.Generator().manual_seed(1)).to(device)
+    fns, found = {"ours": _segmentor_fns(ours, x, label, train)}, {}
+    if use_ref:
+        try:
+            MODELS = _mmseg_models()
+            gold = _load_script("make_golden_knet")
+            rc = gold.reference_config()
+            rc["decode_head"]["kernel_generate_head"]["num_classes"] = cfg.model.num_classes
+            rc["auxiliary_head"]["num_classes"] = cfg.model.num_classes
+            if not quick:  # Swin-L (mmseg knet-s3_swin-l_upernet)
+                rc["backbone"].update(embed_dims=192, depths=[2, 2, 18, 2], num_heads=[6, 12, 24, 48])
+                rc["decode_head"]["kernel_generate_head"]["in_channels"] = [192, 384, 768, 1536]
+                rc["auxiliary_head"]["in_channels"] = 768
+            ref = MODELS.build(rc).to(device)
+            ours.load_state_dict(convert_mmseg_segmentor(ref.state_dict()), strict=True)
+            from importlib.metadata import version
+
+            from mmengine.structures import PixelData
+            from mmseg.structures import SegDataSample
+
+            meta = [dict(img_shape=(H, W))] * B
+            if train:
+                samples = []
+                for b in range(B):
+                    sample = SegDataSample()
+                    sample.gt_sem_seg = PixelData(data=label[b][None])
+                    sample.set_metainfo(dict(img_shape=(H, W), ori_shape=(H, W)))
+                    samples.append(sample)
+                ref.train()
+                fns["mmseg"] = _train_fn(ref, lambda: sum(v for k, v in ref.loss(x, samples).items() if "loss" in k))
+            else:
+                ref.eval()
+                fns["mmseg"] = torch.no_grad()(lambda: ref.encode_decode(x, meta))
+            found["mmseg"] = version("mmsegmentation")
+        except Exception as e:  # noqa: BLE001
+            found["mmseg"] = f"not available: {type(e).__name__}: {e}"[:200]
+    return {"batch": B, "impls": fns, "refs_found": found}
+
+
+def case_knet_infer_512(s, device, quick, use_ref):
+    return _knet(s, device, quick, use_ref, False)
+
+
+def case_knet_train_512(s, device, quick, use_ref):
+    return _knet(s, device, quick, use_ref, True)
+
+
+def _unetpp(s, device, quick, use_ref, train):
+    from iceseg.unetpp import UNetPlusPlus, convert_smp_unetpp
+
+    H, W = s["size"]
+    ours = UNetPlusPlus(in_channels=5, num_classes=1).to(device)
+    models, found = {"ours": ours}, {}
+    if use_ref:
+        try:
+            _tv_schemas()
+            import segmentation_models_pytorch as smp
+
+            ref = smp.UnetPlusPlus("resnet34", encoder_weights=None, in_channels=5, classes=1).to(device)
+            ours.load_state_dict(convert_smp_unetpp(ref.state_dict()), strict=True)
+            models["smp"] = ref
+            found["smp"] = smp.__version__
+        except Exception as e:  # noqa: BLE001
+            found["smp"] = f"not available: {type(e).__name__}: {e}"[:200]
+    x = torch.rand(1, 5, H, W, generator=torch.Generator().manual_seed(0)).to(device)
+    target = (torch.rand(1, 1, H, W, generator=torch.Generator().manual_seed(1)) > 0.5).float().to(device)
+    runs = {name: (lambda m=m: m(x)) for name, m in models.items()}
+    fns = _bench_fns(runs, models, train, loss=lambda out: F.binary_cross_entropy_with_logits(out, target))
+    return {"batch": 1, "impls": fns, "refs_found": found}
+
+
+def case_unetpp_infer_512(s, device, quick, use_ref):
+    return _unetpp(s, device, quick, use_ref, False)
+
+
+def case_unetpp_train_512(s, device, quick, use_ref):
+    return _unetpp(s, device, quick, use_ref, True)
+
+
+def _deeplab_models(device, use_ref):
+    from iceseg.deeplab import autoice_deeplab, convert_seed_checkpoint
+
+    ours = autoice_deeplab(18).to(device)
+    models, found = {"ours": ours}, {}
+    if use_ref:
+        try:
+            gold = _load_script("make_golden_aspp")  # the seed ResNetASPP from torchvision parts; declares the op schemas
+            import torchvision
+
+            ref = gold.SeedResNetASPP().to(device)
+            ours.load_state_dict(convert_seed_checkpoint(ref.state_dict()), strict=True)
+            models["torchvision"] = ref
+            found["torchvision"] = torchvision.__version__
+        except Exception as e:  # noqa: BLE001
+            found["torchvision"] = f"not available: {type(e).__name__}: {e}"[:200]
+    return models, found
+
+
+def _deeplab(s, device, quick, use_ref, train):
+    H, W = s["size"]
+    models, found = _deeplab_models(device, use_ref)
+    x = _rand((1, 18, H, W), device)
+    runs = {name: (lambda m=m: m.logits(x)) if name == "ours" else (lambda m=m: m(x)) for name, m in models.items()}
+    return {"batch": 1, "impls": _bench_fns(runs, models, train), "refs_found": found}
+
+
+def case_deeplab_infer_768(s, device, quick, use_ref):
+    return _deeplab(s, device, quick, use_ref, False)
+
+
+def case_deeplab_train_768(s, device, quick, use_ref):
+    return _deeplab(s, device, quick, use_ref, True)
+
+
+def case_deeplab_scene_2000(s, device, quick, use_ref):
+    """Tiled scene inference with the AutoICE evaluator's window rule, accumulating averaged logits."""
+    from iceseg.evaluation import window_starts
+
+    H, W = s["size"]
+    (ch, cw), (sh, sw) = s["crop"], s["stride"]
+    models, found = _deeplab_models(device, use_ref)
+    x = _rand((1, 18, H, W), device)
+    ys, xs = window_starts(H, ch, sh), window_starts(W, cw, sw)
+
+    def scene(m, ours):
+        acc, cnt = x.new_zeros(16, H, W), x.new_zeros(1, H, W)
+        for y in ys:
+            for x0 in xs:
+                out = (m.logits if ours else m)(x[:, :, y:y + ch, x0:x0 + cw])
+                out = [o if o.dim() == 4 else o[:, None] for o in out.values()]  # seed SIC is (B, H, W)
+                acc[:, y:y + ch, x0:x0 + cw] += torch.cat(out, 1)[0]  # (16, ch, cw)
+                cnt[:, y:y + ch, x0:x0 + cw] += 1
+        return acc / cnt
+
+    fns = {}
+    for name, m in models.items():
+        m.eval()
+        fns[name] = torch.no_grad()(lambda m=m, o=(name == "ours"): scene(m, o))
+    return {"batch": 1, "impls": fns, "refs_found": found, "tiles": len(ys) * len(xs)}
+
+
+def case_distance_maps(s, device, quick, use_ref):
+    from iceseg.distance import class_distance_maps
+
+    B, S, K = s["batch"], s["size"], s["classes"]
+    g = torch.Generator().manual_seed(0)
+    label = F.interpolate(torch.randn(B, K, 32, 32, generator=g), size=(S, S), mode="bilinear").argmax(1)
+    label[:, : S // 50] = 255
+    label = label.to(device)
+    return {"batch": B, "impls": {"ours": lambda: class_distance_maps(label, K, 50, "manhattan")}, "refs_found": {}}
+
+
+# ----------------------------------------------------------------------------- driver
+def worker(args) -> dict:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    desc, full, quick_s = CASES[args.worker]
+    s = quick_s if args.quick else full
+    built = globals()[f"case_{args.worker}"](s, device, args.quick, not args.no_ref)
+    batch, refs_found, tiles = built["batch"], built["refs_found"], built.get("tiles")
+    res = {"case": args.worker, "description": desc, "settings": {k: list(v) if isinstance(v, tuple) else v
+                                                                   for k, v in s.items()},
+           "batch": batch, "refs_found": refs_found, "impls": {}}
+    if tiles:
+        res["tiles"] = tiles
+    fns = {args.impl: built["impls"][args.impl]} if args.impl in built["impls"] else {}
+    built.clear()  # drop the other implementation (its model) before measuring
+    gc.collect()
+    for name, fn in fns.items():
+        try:
+            m = measure(fn, device, args.repeats, args.warmup, batch, count_flops=args.worker != "matmul")
+            if args.worker == "matmul":
+                m["flops"] = 2 * s["n"] ** 3
+                m["gflops_per_s"] = m["flops"] / m["median_s"] / 1e9
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory; keep the other implementation's figures
+            m = {"error": f"{type(e).__name__}: {e}"[:300]}
+        res["impls"][name] = m
+        gc.collect()
+    return res
+
+
+def machine_info(args) -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "device": args.device, "threads": args.threads, "cpu_count": os.cpu_count(), "dtype": "float32",
+            "quick": args.quick, "repeats": args.repeats, "warmup": args.warmup,
+            "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    try:
+        info["cpu"] = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        info["load_avg_start"] = list(os.getloadavg())
+    except OSError:
+        pass
+    if args.device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def table(report: dict) -> str:
+    mm = next((c for c in report["cases"] if c["case"] == "matmul" and "median_s" in c["impls"].get("ours", {})), None)
+    peak = mm["impls"]["ours"]["gflops_per_s"] if mm else None
+    head = f"{'case':26s} {'impl':11s} {'median s':>9s} {'img/s':>8s} {'peak MiB':>9s} {'GFLOP':>8s} " \
+           f"{'GFLOP/s':>8s} {'%mm':>5s} {'t ratio':>7s} {'m ratio':>7s}"
+    lines = [head, "-" * len(head)]
+    for c in report["cases"]:
+        if "error" in c:
+            lines.append(f"{c['case']:26s} ERROR {c['error'][:90]}")
+            continue
+        for name, m in c["impls"].items():
+            if "error" in m:
+                lines.append(f"{c['case']:26s} {name:11s} ERROR {m['error'][:80]}")
+                continue
+            r = c["ratios"].get(name) if name != "ours" else None
+            gf = m.get("gflops_per_s")
+            pct = f"{100 * gf / peak:5.0f}" if gf and peak and c["case"] != "matmul" else "    -"
+            lines.append(f"{c['case']:26s} {name:11s} {m['median_s']:9.3f} {m['images_per_s']:8.3f} "
+                         f"{m['peak_mem_mib']:9.0f} {(m['flops'] or 0) / 1e9:8.1f} {gf or 0:8.1f} {pct} "
+                         + (f"{r['time']:7.3f} {r['memory'] or float('nan'):7.3f}" if r else f"{'':7s} {'':7s}"))
+        for ref, msg in c.get("refs_found", {}).items():
+            if str(msg).startswith("not available"):
+                lines.append(f"{'':26s} {ref:11s} {msg[:100]}")
+    lines.append("t ratio / m ratio (on each reference row): ours / reference for median time and peak memory "
+                 "(< 1: ours faster / smaller); %mm: achieved GFLOP/s as a share of the matmul GFLOP/s")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", default="all", help=f"comma list or 'all': {', '.join(CASES)}")
+    ap.add_argument("--repeats", type=int, default=3, help="timed passes per implementation (median reported)")
+    ap.add_argument("--warmup", type=int, default=0, help="untimed passes after the FLOP-counting pass")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    ap.add_argument("--json", default="", help="write the report here")
+    ap.add_argument("--quick", action="store_true", help="small inputs / Swin-T: the whole set in < 60 s")
+    ap.add_argument("--no-ref", action="store_true", help="skip the reference libraries")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per case subprocess")
+    ap.add_argument("--malloc", choices=("default", "no-mmap"), default="default",
+                    help="no-mmap: glibc MALLOC_MMAP_MAX_=0 + no trimming for the workers (reuses freed pages)")
+    ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--impl", default="ours", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0:
+        raise ValueError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats}, {args.warmup}")
+    if args.worker:
+        print("BENCH_RESULT " + json.dumps(worker(args)), flush=True)
+        return 0
+    names = list(CASES) if args.cases == "all" else [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CASES]
+    if unknown:
+        raise ValueError(f"--cases: unknown {unknown}; valid: {', '.join(CASES)}")
+    report = {"machine": machine_info(args), "cases": []}
+    env = dict(os.environ)
+    if args.malloc == "no-mmap":  # glibc: serve every block from the heap and keep it: no page faults per pass
+        env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**40))
+    report["machine"]["malloc"] = args.malloc
+    for name in names:
+        t = time.perf_counter()
+        res, impl, todo = None, "ours", ["ours"]
+        while todo:  # one fresh process per implementation: honest peak RSS, no shared heap between them
+            impl = todo.pop(0)
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--impl", impl, "--repeats",
+                   str(args.repeats), "--warmup", str(args.warmup), "--device", args.device, "--threads",
+                   str(args.threads)] + ["--quick"] * args.quick + ["--no-ref"] * args.no_ref
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT, env=env)
+                line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
+                part = json.loads(line[len("BENCH_RESULT "):]) if line else \
+                    {"error": f"worker exit {proc.returncode}: {proc.stderr.strip()[-300:]}"}
+            except subprocess.TimeoutExpired:
+                part = {"error": f"timeout after {args.timeout} s"}
+            if "error" in part:
+                part = {"impls": {impl: {"error": part["error"]}}}
+            if res is None:
+                res = {"case": name, **part} if "case" in part else {"case": name, "impls": {}, "refs_found": {},
+                                                                     **part}
+                todo = [r for r, v in res.get("refs_found", {}).items() if not str(v).startswith("not available")]
+            else:
+                res["impls"].update(part["impls"])
+        ours = res["impls"].get("ours", {})
+        res["ratios"] = {r: {"time": ours["median_s"] / m["median_s"],
+                             "memory": ours["peak_mem_mib"] / m["peak_mem_mib"] if m["peak_mem_mib"] > 0 else None}
+                         for r, m in res["impls"].items() if r != "ours" and "median_s" in m and "median_s" in ours}
+        res["wall_s"] = time.perf_counter() - t
+        report["cases"].append(res)
+        print(f"[{name}] done in {res['wall_s']:.1f} s", file=sys.stderr, flush=True)
+    mm = next((c for c in report["cases"] if c["case"] == "matmul" and "ours" in c.get("impls", {})), None)
+    peak = mm["impls"]["ours"].get("gflops_per_s") if mm else None
+    report["machine"]["matmul_gflops_per_s"] = peak
+    for c in report["cases"]:
+        for m in c.get("impls", {}).values():
+            if peak and m.get("gflops_per_s") and c["case"] != "matmul":
+                m["fraction_of_matmul"] = m["gflops_per_s"] / peak
+    try:
+        report["machine"]["load_avg_end"] = list(os.getloadavg())
+    except OSError:
+        pass
+    found = {k: v for c in report["cases"] for k, v in c.get("refs_found", {}).items()}
+    print(f"machine: {report['machine'].get('cpu', '?')}, {args.threads} threads, torch {torch.__version__}, "
+          f"device {args.device}, load {report['machine'].get('load_avg_start')} -> "
+          f"{report['machine'].get('load_avg_end')}")
+    print("references: " + (", ".join(f"{k} {v}" for k, v in found.items()) or "none requested"))
+    print(table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

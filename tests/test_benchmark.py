@@ -1,0 +1,43 @@
+"""benchmark.py --quick without reference libraries writes a JSON report with the documented fields.
+
+No timing assertions: only the structure and the sanity of the numbers are checked.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import benchmark  # noqa: E402
+
+
+def test_quick_json_fields(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    benchmark.main(["--quick", "--no-ref", "--cases", "matmul,distance_maps,unetpp_infer_512",
+                    "--repeats", "2", "--json", str(out)])
+    report = json.loads(out.read_text())
+    machine = report["machine"]
+    assert machine["threads"] == 2 and machine["dtype"] == "float32" and machine["quick"] is True
+    assert machine["matmul_gflops_per_s"] > 0
+    assert [c["case"] for c in report["cases"]] == ["matmul", "distance_maps", "unetpp_infer_512"]
+    for case in report["cases"]:
+        assert "error" not in case, case
+        assert case["refs_found"] == {} and case["ratios"] == {}
+        ours = case["impls"]["ours"]
+        for key in ("median_s", "images_per_s", "peak_mem_mib", "flops", "gflops_per_s", "times_s"):
+            assert key in ours, (case["case"], key)
+        assert len(ours["times_s"]) == 2 and ours["median_s"] > 0
+        assert ours["images_per_s"] == pytest.approx(case["batch"] / ours["median_s"])
+    unetpp = report["cases"][2]["impls"]["ours"]
+    assert unetpp["flops"] > 1e9 and 0 < unetpp["fraction_of_matmul"]  # a 5-band 64x64 U-Net++ R34 pass
+    assert report["cases"][0]["impls"]["ours"]["flops"] == 2 * 2048**3
+    table = capsys.readouterr().out
+    assert "unetpp_infer_512" in table and "GFLOP/s" in table
+
+
+def test_unknown_case_raises():
+    with pytest.raises(ValueError, match="unknown"):
+        benchmark.main(["--cases", "nope"])
