@@ -284,14 +284,20 @@ def _segmentor_fns(model, x, label, train):
     return torch.no_grad()(lambda: model(x))
 
 
-def _icesegnet(s, device, quick, use_ref, train):
+def _seg_setup(name: str, s: dict, device, quick: bool):
+    """(cfg, our segmentor on ``device``, input (B, 3, H, W), label (B, H, W), B) for config ``name``."""
     from iceseg.segmentor import build_model
 
-    cfg = _seg_cfg("icesegnet_yrcc2", quick)
+    cfg = _seg_cfg(name, quick)
     (H, W), B = s["size"], s.get("batch", 1)
     model = build_model(cfg).to(device)
     x = _rand((B, 3, H, W), device)
     label = torch.randint(0, cfg.model.num_classes, (B, H, W), generator=torch.Generator().manual_seed(1)).to(device)
+    return cfg, model, x, label, B
+
+
+def _icesegnet(s, device, quick, use_ref, train):
+    cfg, model, x, label, B = _seg_setup("icesegnet_yrcc2", s, device, quick)
     return {"batch": B, "impls": {"ours": _segmentor_fns(model, x, label, train)}, "refs_found": {}}
 
 
@@ -308,13 +314,10 @@ def case_icesegnet_infer_2048x819(s, device, quick, use_ref):
 
 
 def _knet(s, device, quick, use_ref, train):
-    from iceseg.segmentor import build_model, convert_mmseg_segmentor
+    from iceseg.segmentor import convert_mmseg_segmentor
 
-    cfg = _seg_cfg("knet_yrcc2", quick)
-    (H, W), B = s["size"], s.get("batch", 1)
-    ours = build_model(cfg).to(device)
-    x = _rand((B, 3, H, W), device)
-    label = torch.randint(0, cfg.model.num_classes, (B, H, W), generator=torch.Generator().manual_seed(1)).to(device)
+    cfg, ours, x, label, B = _seg_setup("knet_yrcc2", s, device, quick)
+    H, W = s["size"]
     fns, found = {"ours": _segmentor_fns(ours, x, label, train)}, {}
     if use_ref:
         try:

@@ -225,18 +225,16 @@ if world > 1:
 
 
 # ----------------------------------------------------------------------------- evaluation
-evaluator_for_table = build_evaluator(cfg, device)
-
-
-def evaluate() -> dict:
-    """Metrics of the current model on the validation set (every rank runs its shard; all-reduced)."""
+def evaluate() -> tuple[dict, str]:
+    """Metrics of the current model on the validation set (every rank runs its shard; all-reduced) and their table."""
     model_without_ddp.eval()
     ev = build_evaluator(cfg, device)
     with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         for batch in val_loader:
             ev.update(model_without_ddp, to_device(batch, device))
     model_without_ddp.train()
-    return ev.compute()
+    metrics = ev.compute()
+    return metrics, ev.table(metrics)
 
 
 def save(path: Path, it: int) -> None:
@@ -351,9 +349,9 @@ for it in range(start_iter, max_iters):
                   **{k: dist.all_reduce_mean(v.detach()).item() for k, v in losses.items()}})
 
     if done % (T.val_interval * unit) == 0 or done == max_iters:
-        metrics = evaluate()
+        metrics, table = evaluate()
         value = metrics[T.best_metric]
-        print0(evaluator_for_table.table(metrics))
+        print0(table)
         log_json({"event": "val", "iter": done, "epoch": done // iters_per_epoch, **metrics})
         if best is None or (value > best if T.best_mode == "max" else value < best):
             best, n_stale = value, 0

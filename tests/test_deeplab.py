@@ -5,7 +5,6 @@ The golden file is written by scripts/make_golden_aspp.py (torchvision 0.28); we
 are regenerated here from key names with tests/golden.py, so torchvision is not needed.
 """
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -18,11 +17,9 @@ from iceseg.deeplab import (
     convert_torchvision_resnet,
     load_pretrained,
 )
+from tests import golden as _golden
 
 ASSET = Path(__file__).parent / "assets" / "aspp_golden.pt"
-_spec = importlib.util.spec_from_file_location("_golden", Path(__file__).parent / "golden.py")
-_golden = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_golden)
 
 torch.set_num_threads(2)
 

@@ -5,7 +5,6 @@ The golden file is written by scripts/make_golden_knet.py (mmseg 1.2.2); weights
 key names with tests/golden.py, so mmseg is not needed.
 """
 
-import importlib.util
 import inspect
 import json
 import math
@@ -21,12 +20,10 @@ from iceseg.losses import edge_target
 from iceseg.sefpn import SEFPN
 from iceseg.segmentor import EncoderDecoder, build_model, convert_mmseg_segmentor, load_segmentor_checkpoint
 from iceseg.uper import DepthwiseSeparableConv, SpatialCrossAttention, UPerSCAMTLHead
+from tests import golden as _golden
 from tests.conftest import run_script
 
 ASSETS = Path(__file__).parent / "assets"
-_spec = importlib.util.spec_from_file_location("_golden", Path(__file__).parent / "golden.py")
-_golden = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_golden)
 
 torch.set_num_threads(2)
 

@@ -5,7 +5,6 @@ key names with tests/golden.py, so neither mmseg nor timm is needed.
 """
 
 import ast
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -25,11 +24,9 @@ from iceseg.swin import (
     swin_large_w12,
     swin_tiny,
 )
+from tests import golden as _golden
 
 ASSETS = Path(__file__).parent / "assets"
-_spec = importlib.util.spec_from_file_location("_golden", Path(__file__).parent / "golden.py")
-_golden = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_golden)
 seeded_state_dict, seeded_tensor = _golden.seeded_state_dict, _golden.seeded_tensor
 
 torch.set_num_threads(2)

@@ -4,7 +4,6 @@ The golden file is written by scripts/make_golden_unetpp.py; weights are regener
 its key names with tests/golden.py, so smp is not needed.
 """
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -18,11 +17,9 @@ from iceseg.unetpp import (
     patch_first_conv,
     unetpp_resnet34,
 )
+from tests import golden as _golden
 
 ASSET = Path(__file__).parent / "assets" / "unetpp_golden.pt"
-_spec = importlib.util.spec_from_file_location("_golden", Path(__file__).parent / "golden.py")
-_golden = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_golden)
 seeded_state_dict = _golden.seeded_state_dict
 
 torch.set_num_threads(2)
