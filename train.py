@@ -17,6 +17,7 @@ event), ``last.pt`` and ``best.pt`` (written atomically; loadable with ``weights
 
 import contextlib
 import datetime
+import gc
 import json
 import math
 import os
@@ -374,4 +375,6 @@ for it in range(start_iter, max_iters):
 
 print0(f"done: {done} iterations, best {T.best_metric} {best}")
 dist.barrier()  # let rank 0 finish writing before the group goes away
+del model  # the DDP wrapper's reducer holds the process group: release it before destroying the group
+gc.collect()
 dist.cleanup()
