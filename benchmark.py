@@ -1,6 +1,6 @@
 """Benchmark every iceseg model against its reference implementation in the same run (issue 7).
 
-    python benchmark.py [--cases all|a,b,...] [--repeats 3] [--warmup 0] [--device cpu] [--threads 2]
+    python benchmark.py [--cases all|a,b,...] [--repeats 3] [--warmup 0] [--mem-passes 2] [--device cpu] [--threads 2]
                         [--json bench.json] [--quick] [--no-ref]
 
 Dev tool (not part of the library). Each case runs in a fresh subprocess (``--worker CASE``) that builds our
@@ -11,11 +11,16 @@ initialisation loaded into ours through our converters: ``convert_timm_swin``, `
 ``--repeats`` timed passes, and reports:
 
     median latency (s), images/s (batch / median), FLOPs of one pass, achieved GFLOP/s and its share of the
-    machine's fp32 matmul throughput (case ``matmul``: a 4096 x 4096 product), and peak memory over all passes:
-    on CPU the peak-RSS increase (the kernel's high-water mark ``VmHWM`` is reset through
-    ``/proc/self/clear_refs`` after the models are built and compared with ``VmRSS`` at that moment; the first
-    pass of a fresh process touches new pages, so this is the pass's real footprint), on CUDA
-    ``torch.cuda.max_memory_allocated`` minus the memory allocated before the passes.
+    machine's fp32 matmul throughput (case ``matmul``: a 4096 x 4096 product), and peak memory: the largest
+    footprint of ``--mem-passes`` further passes, each measured on its own. On CPU that is the peak-RSS increase
+    over the pass: before it, ``malloc_trim(0)`` hands every free heap page back to the kernel (so the pass cannot
+    reuse pages an earlier pass left behind, unseen), the kernel's high-water mark ``VmHWM`` is reset through
+    ``/proc/self/clear_refs`` and ``VmRSS`` is read; after it, ``VmHWM - VmRSS_before``. For these passes glibc's
+    mmap threshold is pinned at 1 MiB (``mallopt``), so every tensor of 1 MiB or more is mapped when allocated
+    and unmapped when freed, and RSS follows the live tensors (plus library scratch such as oneDNN's) rather
+    than how the heap happened to fragment: with glibc's default sliding threshold the same pass of the same
+    model varied by up to 1.7x between runs. On CUDA: ``torch.cuda.max_memory_allocated`` over the pass minus
+    the memory allocated before it.
 
 A train step is forward + loss + backward + ``AdamW.step`` (default foreach implementation) + ``zero_grad``,
 batch 1. Reference libraries (timm, mmseg 1.2.2 with a stub ``mmcv.ops``, smp, torchvision with the CPU op
@@ -45,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 # name -> (description, full-size settings, --quick settings)
 CASES = {
     "matmul": ("fp32 matmul throughput (A @ B, square)", {"n": 4096}, {"n": 2048}),
+    "matmul_onednn": ("the same product on oneDNN (1x1 conv over a channels-last view)", {"n": 4096}, {"n": 2048}),
     "swin_l_infer_512": ("Swin-L backbone inference vs timm", {"size": (512, 512)}, {"size": (64, 64)}),
     "swin_l_train_512": ("Swin-L backbone train step vs timm", {"size": (512, 512)}, {"size": (64, 64)}),
     "icesegnet_infer_512": ("IceSegNet inference", {"size": (512, 512)}, {"size": (64, 64)}),
@@ -62,7 +68,8 @@ CASES = {
     "distance_maps": ("Lossd class distance maps (Manhattan, K=50), batch 8 x 7 classes",
                       {"batch": 8, "size": 1024, "classes": 7}, {"batch": 2, "size": 128, "classes": 7}),
 }
-HEAVY = [c for c in CASES if c != "matmul"]
+RATES = ("matmul", "matmul_onednn")  # throughput references, not models
+HEAVY = [c for c in CASES if c not in RATES]
 
 
 # ----------------------------------------------------------------------------- measurement helpers
@@ -102,6 +109,18 @@ def _reset_peak(device: torch.device) -> float:
     return (_status_kb("VmRSS") or 0) / 1024
 
 
+def _pin_mmap_threshold(nbytes: int = 1 << 20) -> None:
+    """glibc: serve blocks >= ``nbytes`` by mmap (also under ``--malloc no-mmap``), with no sliding threshold."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-4, 1 << 16)  # M_MMAP_MAX
+        libc.mallopt(-3, nbytes)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def _peak(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -130,10 +149,11 @@ def _flop_counter():
     return counter
 
 
-def measure(fn, device: torch.device, repeats: int, warmup: int, batch: int, count_flops: bool = True) -> dict:
-    """Run ``fn`` once under FlopCounterMode, ``warmup`` more times, then ``repeats`` timed times."""
+def measure(fn, device: torch.device, repeats: int, warmup: int, batch: int, count_flops: bool = True,
+            mem_passes: int = 2) -> dict:
+    """Run ``fn`` once under FlopCounterMode, ``warmup`` more times, ``repeats`` timed times, then
+    ``mem_passes`` (>= 1) times measuring each pass's peak memory on its own."""
     flops = None
-    base = _reset_peak(device)  # before the first pass: later passes may reuse pages the allocator kept
     t0 = time.perf_counter()
     if count_flops:
         counter = _flop_counter()
@@ -153,9 +173,17 @@ def measure(fn, device: torch.device, repeats: int, warmup: int, batch: int, cou
         fn()
         _sync(device)
         times.append(time.perf_counter() - t)
+    mems = []
+    if device.type == "cpu":
+        _pin_mmap_threshold()
+    for _ in range(mem_passes):  # after the timed passes: neither the trimming nor the mapping slows those down
+        base = _reset_peak(device)
+        fn()
+        _sync(device)
+        mems.append(_peak(device) - base)
     med = statistics.median(times)
     out = {"median_s": med, "min_s": min(times), "times_s": times, "first_s": first, "images_per_s": batch / med,
-           "peak_mem_mib": _peak(device) - base, "flops": flops}
+           "peak_mem_mib": max(mems), "peak_mem_passes_mib": mems, "flops": flops}
     out["gflops_per_s"] = flops / med / 1e9 if flops else None
     return out
 
@@ -185,10 +213,11 @@ def _mmseg_models():
     return MODELS
 
 
-def _train_fn(model, loss_fn):
-    """forward + loss + backward + AdamW step (foreach) + zero_grad(set_to_none)."""
+def _train_fn(model, loss_fn, fused: bool = False):
+    """forward + loss + backward + AdamW step + zero_grad(set_to_none). ``fused``: one fused kernel (what
+    train.py uses with ``optim.fused``, our default); else torch's default implementation (the references')."""
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-6, weight_decay=1e-4)
+    opt = torch.optim.AdamW(params, lr=1e-6, weight_decay=1e-4, fused=fused or None)
 
     def step():
         loss = loss_fn()
@@ -217,14 +246,33 @@ def case_matmul(s, device, quick, use_ref):
     return {"batch": 1, "impls": {"ours": lambda: a @ b}, "refs_found": {}}
 
 
-def _bench_fns(runs: dict, models: dict, train: bool, loss=None) -> dict:
-    """``{impl: callable}``: a train step (loss of ``run()`` backpropagated) or a ``no_grad`` forward."""
+def case_matmul_onednn(s, device, quick, use_ref):
+    n = s["n"]
+    a = torch.randn(1, n, 1, n, device=device).permute(0, 3, 1, 2)  # (1, n, n, 1) channels-last view of A
+    b = torch.randn(n, n, 1, 1, device=device)  # B^T as 1x1 filters
+    return {"batch": 1, "impls": {"ours": lambda: F.conv2d(a, b)}, "refs_found": {}}
+
+
+def _ours_as_configured(model, config: str):
+    """Our model the way train.py / test.py run config ``config``: ``(model, optim.fused)``, with
+    ``train.channels_last`` applied (NCHW input, as the data loader gives it: the convs switch to NHWC)."""
+    import configs
+
+    cfg = configs.get_config(config)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, cfg.optim.fused
+
+
+def _bench_fns(runs: dict, models: dict, train: bool, loss=None, fused: bool = False) -> dict:
+    """``{impl: callable}``: a train step (loss of ``run()`` backpropagated) or a ``no_grad`` forward.
+    ``fused`` applies to our optimizer only; the references keep torch's default."""
     fns = {}
     for name, run in runs.items():
         m = models[name]
         if train:
             m.train()
-            fns[name] = _train_fn(m, lambda run=run: (loss or _feat_loss)(run()))
+            fns[name] = _train_fn(m, lambda run=run: (loss or _feat_loss)(run()), fused and name == "ours")
         else:
             m.eval()
             fns[name] = torch.no_grad()(run)
@@ -255,7 +303,8 @@ def _swin(s, device, quick, use_ref, train):
     models = {**impls, **refs}
     runs = {name: (lambda m=m: m(x)) if name == "ours" else (lambda m=m: m.forward_intermediates(x, intermediates_only=True))
             for name, m in models.items()}
-    return {"batch": 1, "impls": _bench_fns(runs, models, train), "refs_found": found}
+    fused = _ours_as_configured(ours, "icesegnet_yrcc2")[1]
+    return {"batch": 1, "impls": _bench_fns(runs, models, train, fused=fused), "refs_found": found}
 
 
 def case_swin_l_infer_512(s, device, quick, use_ref):
@@ -276,10 +325,10 @@ def _seg_cfg(name, quick):
     return cfg
 
 
-def _segmentor_fns(model, x, label, train):
+def _segmentor_fns(model, x, label, train, fused=False):
     if train:
         model.train()
-        return _train_fn(model, lambda: sum(model(x, label).values()))
+        return _train_fn(model, lambda: sum(model(x, label).values()), fused)
     model.eval()
     return torch.no_grad()(lambda: model(x))
 
@@ -290,7 +339,7 @@ def _seg_setup(name: str, s: dict, device, quick: bool):
 
     cfg = _seg_cfg(name, quick)
     (H, W), B = s["size"], s.get("batch", 1)
-    model = build_model(cfg).to(device)
+    model = _ours_as_configured(build_model(cfg).to(device), name)[0]
     x = _rand((B, 3, H, W), device)
     label = torch.randint(0, cfg.model.num_classes, (B, H, W), generator=torch.Generator().manual_seed(1)).to(device)
     return cfg, model, x, label, B
@@ -298,7 +347,7 @@ def _seg_setup(name: str, s: dict, device, quick: bool):
 
 def _icesegnet(s, device, quick, use_ref, train):
     cfg, model, x, label, B = _seg_setup("icesegnet_yrcc2", s, device, quick)
-    return {"batch": B, "impls": {"ours": _segmentor_fns(model, x, label, train)}, "refs_found": {}}
+    return {"batch": B, "impls": {"ours": _segmentor_fns(model, x, label, train, cfg.optim.fused)}, "refs_found": {}}
 
 
 def case_icesegnet_infer_512(s, device, quick, use_ref):
@@ -318,7 +367,7 @@ def _knet(s, device, quick, use_ref, train):
 
     cfg, ours, x, label, B = _seg_setup("knet_yrcc2", s, device, quick)
     H, W = s["size"]
-    fns, found = {"ours": _segmentor_fns(ours, x, label, train)}, {}
+    fns, found = {"ours": _segmentor_fns(ours, x, label, train, cfg.optim.fused)}, {}
     if use_ref:
         try:
             MODELS = _mmseg_models()
@@ -383,8 +432,9 @@ def _unetpp(s, device, quick, use_ref, train):
             found["smp"] = f"not available: {type(e).__name__}: {e}"[:200]
     x = torch.rand(1, 5, H, W, generator=torch.Generator().manual_seed(0)).to(device)
     target = (torch.rand(1, 1, H, W, generator=torch.Generator().manual_seed(1)) > 0.5).float().to(device)
+    models["ours"], fused = _ours_as_configured(ours, "unetpp_glacier")
     runs = {name: (lambda m=m: m(x)) for name, m in models.items()}
-    fns = _bench_fns(runs, models, train, loss=lambda out: F.binary_cross_entropy_with_logits(out, target))
+    fns = _bench_fns(runs, models, train, lambda out: F.binary_cross_entropy_with_logits(out, target), fused)
     return {"batch": 1, "impls": fns, "refs_found": found}
 
 
@@ -419,8 +469,9 @@ def _deeplab(s, device, quick, use_ref, train):
     H, W = s["size"]
     models, found = _deeplab_models(device, use_ref)
     x = _rand((1, 18, H, W), device)
+    models["ours"], fused = _ours_as_configured(models["ours"], "deeplab_autoice")
     runs = {name: (lambda m=m: m.logits(x)) if name == "ours" else (lambda m=m: m(x)) for name, m in models.items()}
-    return {"batch": 1, "impls": _bench_fns(runs, models, train), "refs_found": found}
+    return {"batch": 1, "impls": _bench_fns(runs, models, train, fused=fused), "refs_found": found}
 
 
 def case_deeplab_infer_768(s, device, quick, use_ref):
@@ -438,6 +489,7 @@ def case_deeplab_scene_2000(s, device, quick, use_ref):
     H, W = s["size"]
     (ch, cw), (sh, sw) = s["crop"], s["stride"]
     models, found = _deeplab_models(device, use_ref)
+    models["ours"] = _ours_as_configured(models["ours"], "deeplab_autoice")[0]
     x = _rand((1, 18, H, W), device)
     ys, xs = window_starts(H, ch, sh), window_starts(W, cw, sw)
 
@@ -488,8 +540,8 @@ def worker(args) -> dict:
     gc.collect()
     for name, fn in fns.items():
         try:
-            m = measure(fn, device, args.repeats, args.warmup, batch, count_flops=args.worker != "matmul")
-            if args.worker == "matmul":
+            m = measure(fn, device, args.repeats, args.warmup, batch, args.worker not in RATES, args.mem_passes)
+            if args.worker in RATES:
                 m["flops"] = 2 * s["n"] ** 3
                 m["gflops_per_s"] = m["flops"] / m["median_s"] / 1e9
         except Exception as e:  # noqa: BLE001 - e.g. out of memory; keep the other implementation's figures
@@ -518,10 +570,9 @@ def machine_info(args) -> dict:
 
 
 def table(report: dict) -> str:
-    mm = next((c for c in report["cases"] if c["case"] == "matmul" and "median_s" in c["impls"].get("ours", {})), None)
-    peak = mm["impls"]["ours"]["gflops_per_s"] if mm else None
+    peak, dnn = (report["machine"].get(k) for k in ("matmul_gflops_per_s", "onednn_gflops_per_s"))
     head = f"{'case':26s} {'impl':11s} {'median s':>9s} {'img/s':>8s} {'peak MiB':>9s} {'GFLOP':>8s} " \
-           f"{'GFLOP/s':>8s} {'%mm':>5s} {'t ratio':>7s} {'m ratio':>7s}"
+           f"{'GFLOP/s':>8s} {'%mm':>5s} {'%dnn':>5s} {'t ratio':>7s} {'m ratio':>7s}"
     lines = [head, "-" * len(head)]
     for c in report["cases"]:
         if "error" in c:
@@ -533,7 +584,7 @@ def table(report: dict) -> str:
                 continue
             r = c["ratios"].get(name) if name != "ours" else None
             gf = m.get("gflops_per_s")
-            pct = f"{100 * gf / peak:5.0f}" if gf and peak and c["case"] != "matmul" else "    -"
+            pct = " ".join(f"{100 * gf / r:5.0f}" if gf and r and c["case"] not in RATES else "    -" for r in (peak, dnn))
             lines.append(f"{c['case']:26s} {name:11s} {m['median_s']:9.3f} {m['images_per_s']:8.3f} "
                          f"{m['peak_mem_mib']:9.0f} {(m['flops'] or 0) / 1e9:8.1f} {gf or 0:8.1f} {pct} "
                          + (f"{r['time']:7.3f} {r['memory'] or float('nan'):7.3f}" if r else f"{'':7s} {'':7s}"))
@@ -541,7 +592,8 @@ def table(report: dict) -> str:
             if str(msg).startswith("not available"):
                 lines.append(f"{'':26s} {ref:11s} {msg[:100]}")
     lines.append("t ratio / m ratio (on each reference row): ours / reference for median time and peak memory "
-                 "(< 1: ours faster / smaller); %mm: achieved GFLOP/s as a share of the matmul GFLOP/s")
+                 "(< 1: ours faster / smaller); %mm / %dnn: achieved GFLOP/s as a share of the matmul / matmul_onednn "
+                 "GFLOP/s")
     return "\n".join(lines)
 
 
@@ -550,6 +602,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default="all", help=f"comma list or 'all': {', '.join(CASES)}")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per implementation (median reported)")
     ap.add_argument("--warmup", type=int, default=0, help="untimed passes after the FLOP-counting pass")
+    ap.add_argument("--mem-passes", type=int, default=2, help="passes measured for peak memory (max reported)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     ap.add_argument("--json", default="", help="write the report here")
@@ -561,8 +614,9 @@ def main(argv=None) -> int:
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
     ap.add_argument("--impl", default="ours", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.repeats < 1 or args.warmup < 0:
-        raise ValueError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats}, {args.warmup}")
+    if args.repeats < 1 or args.warmup < 0 or args.mem_passes < 1:
+        raise ValueError(f"--repeats and --mem-passes must be >= 1 and --warmup >= 0, got {args.repeats}, "
+                         f"{args.mem_passes}, {args.warmup}")
     if args.worker:
         print("BENCH_RESULT " + json.dumps(worker(args)), flush=True)
         return 0
@@ -581,7 +635,7 @@ def main(argv=None) -> int:
         while todo:  # one fresh process per implementation: honest peak RSS, no shared heap between them
             impl = todo.pop(0)
             cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--impl", impl, "--repeats",
-                   str(args.repeats), "--warmup", str(args.warmup), "--device", args.device, "--threads",
+                   str(args.repeats), "--warmup", str(args.warmup), "--mem-passes", str(args.mem_passes), "--device", args.device, "--threads",
                    str(args.threads)] + ["--quick"] * args.quick + ["--no-ref"] * args.no_ref
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT, env=env)
@@ -605,13 +659,15 @@ def main(argv=None) -> int:
         res["wall_s"] = time.perf_counter() - t
         report["cases"].append(res)
         print(f"[{name}] done in {res['wall_s']:.1f} s", file=sys.stderr, flush=True)
-    mm = next((c for c in report["cases"] if c["case"] == "matmul" and "ours" in c.get("impls", {})), None)
-    peak = mm["impls"]["ours"].get("gflops_per_s") if mm else None
-    report["machine"]["matmul_gflops_per_s"] = peak
-    for c in report["cases"]:
-        for m in c.get("impls", {}).values():
-            if peak and m.get("gflops_per_s") and c["case"] != "matmul":
-                m["fraction_of_matmul"] = m["gflops_per_s"] / peak
+    for rate, key, frac in (("matmul", "matmul_gflops_per_s", "fraction_of_matmul"),
+                            ("matmul_onednn", "onednn_gflops_per_s", "fraction_of_onednn")):
+        mm = next((c for c in report["cases"] if c["case"] == rate and "ours" in c.get("impls", {})), None)
+        peak = mm["impls"]["ours"].get("gflops_per_s") if mm else None
+        report["machine"][key] = peak
+        for c in report["cases"]:
+            for m in c.get("impls", {}).values():
+                if peak and m.get("gflops_per_s") and c["case"] not in RATES:
+                    m[frac] = m["gflops_per_s"] / peak
     try:
         report["machine"]["load_avg_end"] = list(os.getloadavg())
     except OSError:

@@ -75,6 +75,7 @@ class OptimConfig:
     no_decay: list = field(default_factory=list)  # name substrings without weight decay (e.g. "norm", "bias")
     lr_mult: dict = field(default_factory=dict)  # {name substring: lr multiplier}, e.g. {"backbone": 0.1}
     clip_grad: float = 0.0  # max global grad norm, 0 = no clipping
+    fused: bool = True  # one fused kernel per AdamW/Adam/SGD step (CPU and CUDA); False: torch's default loop
 
 
 @dataclass
@@ -109,6 +110,7 @@ class TrainConfig:
     resume: bool = True  # continue from work_dir/last.pt when it exists
     sync_bn: bool = True  # convert BatchNorm to SyncBatchNorm on CUDA with world size > 1
     compile: bool = False  # torch.compile the model
+    channels_last: bool = False  # NHWC weights and activations (train.py and test.py): faster convs on CPU and CUDA
     device: str = "auto"  # "auto", "cpu" or "cuda"
     deterministic: bool = False  # deterministic kernels (warn where none exist): resume == uninterrupted run
     nonfinite_patience: int = 5  # stop (last.pt saved) after this many consecutive non-finite steps
@@ -276,7 +278,7 @@ def unetpp_glacier() -> Config:
     cfg.optim = OptimConfig(name="adamw", lr=1e-4, weight_decay=0.01)
     cfg.schedule = ScheduleConfig(name="plateau", plateau_factor=0.5, plateau_patience=5)
     cfg.train = TrainConfig(work_dir="work_dirs/unetpp_glacier", max_epochs=150, val_interval=1,
-                            ckpt_interval=1, log_interval=20, best_metric="MCC", best_mode="max")
+                            ckpt_interval=1, log_interval=20, best_metric="MCC", best_mode="max", channels_last=True)
     cfg.eval = EvalConfig(size_divisor=32, tta_flips=["horizontal", "vertical", "both"],  # seed's 4-way TTA
                           class_names=["background", "glacier"],
                           palette=[[0, 0, 0], [0, 200, 255]])
@@ -437,7 +439,7 @@ def deeplab_autoice() -> Config:
                                   plateau_mode="min")
     cfg.train = TrainConfig(work_dir="work_dirs/deeplab_autoice", seed=1, max_epochs=120, val_interval=1,
                             ckpt_interval=1, log_interval=50, amp="fp16", best_metric="combined", best_mode="max",
-                            early_stop_patience=80)
+                            early_stop_patience=80, channels_last=True)
     cfg.eval = EvalConfig(evaluator="autoice", mode="slide", crop_size=(2048, 2048), stride=(1536, 1536))
     return cfg
 
@@ -474,7 +476,7 @@ def _unetpp_aerial(dataset: str, root: str, names: list, name: str) -> Config:
     cfg.optim = OptimConfig(name="adamw", lr=6e-4, weight_decay=0.01, no_decay=["bn", "bias"], clip_grad=1.0)
     cfg.schedule = ScheduleConfig(name="cosine", warmup_iters=500, min_lr=1e-6)
     cfg.train = TrainConfig(work_dir=f"work_dirs/{name}", max_iters=40_000, val_interval=4000, ckpt_interval=2000,
-                            log_interval=50)
+                            log_interval=50, channels_last=True)
     cfg.eval = EvalConfig(size_divisor=32, class_names=list(names))
     return cfg
 
@@ -534,7 +536,7 @@ def unetpp_loveda_debug() -> Config:
     cfg.model.kwargs = {"decoder_channels": [32, 16, 16, 8, 8]}
     cfg.optim.lr, cfg.schedule.warmup_iters = 1e-3, 0
     cfg.train = TrainConfig(work_dir="work_dirs/unetpp_loveda_debug", max_iters=12, val_interval=12, ckpt_interval=12,
-                            log_interval=1)
+                            log_interval=1, channels_last=True)
     cfg.eval.resize = (64, 64)  # predict at 64 px, score at 1024 px
     return cfg
 

@@ -48,7 +48,7 @@ def main() -> None:
     ckpt = load_checkpoint(args.checkpoint, map_location="cpu", fallback=False)
     model = build_model(cfg)
     model.load_state_dict(unwrap_state_dict(ckpt))
-    model.to(device).eval()
+    model.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format).eval()
 
     split = args.split or D.val_split
     dataset = build_dataset(D, split, train=False)

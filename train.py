@@ -153,7 +153,7 @@ print0(f"{cfg.name}: {len(train_set)} train / {len(val_set)} val samples, {world
        f"{max_iters} iterations ({iters_per_epoch} per epoch)")
 
 # ----------------------------------------------------------------------------- model, optimizer, schedule
-model = build_model(cfg).to(device)
+model = build_model(cfg).to(device, memory_format=torch.channels_last if T.channels_last else torch.preserve_format)
 if T.sync_bn and world > 1 and device.type == "cuda":
     model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 print0(f"model {cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters")
@@ -167,10 +167,10 @@ for name, p in model.named_parameters():
     groups.setdefault((wd, mult), []).append(p)
 param_groups = [{"params": ps, "weight_decay": wd, "lr_mult": m} for (wd, m), ps in groups.items()]
 if O.name == "sgd":
-    optimizer = torch.optim.SGD(param_groups, lr=O.lr, momentum=O.momentum)
+    optimizer = torch.optim.SGD(param_groups, lr=O.lr, momentum=O.momentum, fused=O.fused or None)
 else:
     opt_cls = torch.optim.AdamW if O.name == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(param_groups, lr=O.lr, betas=O.betas, eps=O.eps)
+    optimizer = opt_cls(param_groups, lr=O.lr, betas=O.betas, eps=O.eps, fused=O.fused or None)
 plateau = {"scale": 1.0, "best": None, "bad": 0}  # ReduceLROnPlateau state (torch semantics, 'rel' threshold)
 
 

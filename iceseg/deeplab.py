@@ -80,11 +80,10 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` -> ``(B, 4 * channels, ceil(H / stride), ceil(W / stride))``."""
-        identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        out = self.bn3(self.conv3(out))  # shortcut computed last and added in place: one map fewer alive
+        return self.relu(out.add_(x if self.downsample is None else self.downsample(x)))
 
 
 class ResNetTrunk(nn.Module):

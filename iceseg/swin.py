@@ -24,9 +24,9 @@ Intentional deviations:
     - Patch merging uses Microsoft's channel order, not mmseg's ``nn.Unfold`` order; the mmseg
       converter permutes weights (spec §9.2). No absolute position embedding, classification head,
       ``qk_scale`` or ``frozen_stages``; ``patch_norm`` is always on.
-    - Attention: ``F.scaled_dot_product_attention`` with relative bias + shift mask as one float mask,
-      or the explicit softmax (mmseg's op order). Both agree to ~3e-6; on CPU (torch 2.13, Swin-T,
-      1 thread) SDPA was 1-2% slower, so ``fused_attn=None`` picks SDPA on CUDA only.
+    - Attention: ``F.scaled_dot_product_attention`` (bias + shift mask as one float mask) or the explicit
+      softmax (mmseg's op order, adds in place); ~3e-6 apart; SDPA was 1-2% slower on CPU, so
+      ``fused_attn=None`` picks it on CUDA only. CPU fp32 linears run on oneDNN (:func:`linear`, ~1e-6).
 
 Dimension legend: ``B`` batch, ``C`` channels, ``H, W`` spatial, ``Hp, Wp`` padded to the window,
 ``L = H*W`` tokens, ``ws`` window size, ``N = ws*ws`` tokens per window, ``nW`` windows per image,
@@ -138,6 +138,30 @@ def resize_relative_position_bias_table(table: torch.Tensor, window_size: int) -
 # ----------------------------------------------------------------------------- leaf modules
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear``, ``(..., C_in)`` -> ``(..., C_out)``; on CPU in fp32 it runs on oneDNN (a CPU fast path).
+
+    There, for ``L >= 256`` tokens, it is a 1x1 convolution over a channels-last ``(1, C_in, L, 1)`` view: the
+    same fp32 products as the BLAS sgemm behind ``F.linear``, summed in another order (~1e-6 relative), and
+    ~2x faster on the AMD EPYC of ``benchmark.py`` (oneDNN 436 vs MKL 211 GFLOP/s, 16384x1536x1536); fewer
+    tokens do not pay for oneDNN's per-call weight reorder. Elsewhere (CUDA, other dtypes) or under
+    ``torch.backends.mkldnn.enabled = False`` it is exactly ``F.linear``."""
+    if not (x.is_cpu and x.dtype == torch.float32 and x.numel() >= 256 * x.shape[-1] > 0
+            and torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()):
+        return F.linear(x, weight, bias)
+    lead = x.shape[:-1]
+    x = x.reshape(1, -1, 1, x.shape[-1]).permute(0, 3, 1, 2)  # (1, C_in, L, 1): channels-last view
+    x = F.conv2d(x, weight[:, :, None, None], bias)  # (1, C_out, L, 1) channels-last
+    return x.permute(0, 2, 3, 1).reshape(*lead, weight.shape[0])  # (..., C_out)
+
+
+class Linear(nn.Linear):
+    """:class:`torch.nn.Linear` (same parameters, names and init) computed by :func:`linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
 class DropPath(nn.Module):
     """Stochastic depth (Huang et al. 2016): in training, zero whole samples with probability ``drop_prob``
     in ``[0, 1)`` and scale the kept ones by ``1 / (1 - drop_prob)``; identity in eval. Any ``(B, ...)``."""
@@ -160,9 +184,9 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc1 = Linear(dim, hidden_dim)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc2 = Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -190,9 +214,9 @@ class WindowAttention(nn.Module):
         self.fused_attn = fused_attn  # True: SDPA, False: explicit softmax, None: SDPA on CUDA only
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -212,16 +236,19 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]  # (N*N, nH)
         bias = bias.view(N, N, nH).permute(2, 0, 1)  # (nH, N, N)
         nW = 1 if mask is None else mask.shape[0]
-        bias = bias[None] if mask is None else bias + mask[:, None]  # (nW, nH, N, N)
         if self.fused_attn or (self.fused_attn is None and q.is_cuda):
+            bias = bias[None] if mask is None else bias + mask[:, None]  # (nW, nH, N, N)
             # CPU SDPA runs slower with a batch-broadcast mask than with one expanded to the batch.
             bias = bias.to(q.dtype).expand(B_ // nW, nW, nH, N, N).reshape(B_, nH, N, N)  # (B*nW, nH, N, N)
             p = self.attn_drop.p if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)  # (B*nW, nH, N, hd)
-        else:
+        else:  # bias, then mask, added in place (timm/mmseg order): no second (B*nW, nH, N, N) buffer
             attn = (q * self.scale) @ k.transpose(-2, -1)  # (B*nW, nH, N, N)
-            attn = (attn.view(-1, nW, nH, N, N) + bias).view(B_, nH, N, N)  # (B*nW, nH, N, N)
-            out = self.attn_drop(attn.softmax(dim=-1)) @ v  # (B*nW, nH, N, hd)
+            attn.view(-1, nW, nH, N, N).add_(bias)  # (B, nW, nH, N, N) view
+            if mask is not None:
+                attn.view(-1, nW, nH, N, N).add_(mask[:, None])  # (B, nW, nH, N, N) view
+            attn = self.attn_drop(attn.softmax(dim=-1))  # frees the logits before the product below
+            out = attn @ v  # (B*nW, nH, N, hd)
         out = out.reshape(B_, nH, N, hd).transpose(1, 2).reshape(B_, N, C)  # (B*nW, N, C)
         return self.proj_drop(self.proj(out))
 
@@ -257,13 +284,11 @@ class SwinTransformerBlock(nn.Module):
         B, H, W, C = x.shape
         ws, s = self.window_size, self.shift_size
         shortcut = x
-        x = self.norm1(x)
-        x = F.pad(x, (0, 0, 0, (-W) % ws, 0, (-H) % ws))  # (B, Hp, Wp, C): pad first, then shift (mmseg)
+        x = F.pad(self.norm1(x), (0, 0, 0, (-W) % ws, 0, (-H) % ws))  # (B, Hp, Wp, C): pad, then shift (mmseg)
         Hp, Wp = x.shape[1], x.shape[2]
-        if s:
-            x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
-        x = self.attn(window_partition(x, ws), attn_mask if s else None)  # (B*nW, N, C)
-        x = window_reverse(x, ws, Hp, Wp)  # (B, Hp, Wp, C)
+        # one name for each stage, so the padded and rolled copies are freed before attention
+        x = window_partition(torch.roll(x, shifts=(-s, -s), dims=(1, 2)) if s else x, ws)  # (B*nW, N, C)
+        x = window_reverse(self.attn(x, attn_mask if s else None), ws, Hp, Wp)  # (B, Hp, Wp, C)
         if s:
             x = torch.roll(x, shifts=(s, s), dims=(1, 2))
         x = shortcut + self.drop_path(x[:, :H, :W])
@@ -283,7 +308,7 @@ class PatchMerging(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(4 * dim)
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.reduction = Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` -> ``(B, ceil(H/2), ceil(W/2), 2C)``."""
@@ -547,26 +572,16 @@ def _unfold_to_official(t: torch.Tensor) -> torch.Tensor:
 
 
 def convert_official_swin(state_dict: dict) -> dict:
-    """Map a Microsoft Swin checkpoint (``{'model': ...}`` or flat) to this file's keys.
-
-    Names are already ours; the recomputable ``relative_position_index`` and ``attn_mask`` buffers
-    are dropped. ``norm.*`` (final LayerNorm) and ``head.*`` (classifier) are kept, for
-    :func:`load_pretrained` to report as allowed extras. Also reads this model's own state dicts.
-
-    Args:
-        state_dict: mapping ``key -> Tensor`` in the spec §9.1 layout.
-
-    Returns:
-        New flat dict (tensors shared, not copied).
-    """
+    """Map a Microsoft Swin checkpoint (spec §9.1 layout, ``{'model': ...}`` or flat; also our own state dicts)
+    to a new flat dict of this file's keys (tensors shared): names are already ours; the recomputable
+    ``relative_position_index``/``attn_mask`` buffers are dropped; ``norm.*`` and ``head.*`` (classifier) are
+    kept for :func:`load_pretrained` to report as allowed extras."""
     return _rename(_unwrap(state_dict), _OFFICIAL_RULES)
 
 
 def convert_timm_swin(state_dict: dict) -> dict:
-    """Map a timm >= 0.9 Swin state dict (spec §9.3) to this file's keys.
-
-    ``layers.{i}.downsample`` (start of stage i) becomes ``layers.{i-1}.downsample`` (end of stage
-    i-1), ``head.fc.*`` becomes ``head.*``; the 2x2 merge order is already Microsoft's.
+    """Map a timm >= 0.9 Swin state dict (spec §9.3) to this file's keys: ``layers.{i}.downsample`` (start of
+    stage i) becomes ``layers.{i-1}.downsample`` (end of stage i-1), ``head.fc.*`` becomes ``head.*``.
 
     Raises:
         ValueError: if ``layers.0.downsample`` exists (pre-0.9 timm = official layout: use
@@ -580,19 +595,12 @@ def convert_timm_swin(state_dict: dict) -> dict:
 
 
 def convert_mmseg_swin(state_dict: dict) -> dict:
-    """Map an mmseg ``SwinTransformer`` state dict (spec §9.2) to this file's keys.
+    """Map an mmseg ``SwinTransformer`` state dict (spec §9.2; maybe nested under ``state_dict``/``model``)
+    to a new flat dict in this file's layout.
 
-    With any ``backbone.``-prefixed key (a full segmentor checkpoint) only those keys are kept,
-    prefix stripped (neck/heads belong to other files). ``w_msa``/``ffn.layers``/``projection``
-    names are renamed; patch-merging ``reduction.weight`` (input dim) and ``norm.*`` go
-    through :func:`_unfold_to_official` (``nn.Unfold`` -> Microsoft channel order). ``norm0..3`` keep
-    their names.
-
-    Args:
-        state_dict: mmseg-layout mapping, possibly nested under ``state_dict``/``model``.
-
-    Returns:
-        New flat dict in this file's layout.
+    With any ``backbone.``-prefixed key (a segmentor checkpoint) only those keys are kept, prefix stripped.
+    ``w_msa``/``ffn.layers``/``projection`` are renamed; patch-merging ``reduction.weight`` (input dim) and
+    ``norm.*`` go through :func:`_unfold_to_official` (``nn.Unfold`` -> Microsoft order); ``norm0..3`` stay.
     """
     sd = _unwrap(state_dict)
     if any(k.startswith("backbone.") for k in sd):
@@ -602,19 +610,13 @@ def convert_mmseg_swin(state_dict: dict) -> dict:
 
 
 def convert_to_official_swin(state_dict: dict, img_size: int | None = 224) -> dict:
-    """Write this model's state dict in the Microsoft layout (inverse of :func:`convert_official_swin`).
+    """Write our state dict (e.g. ``model.state_dict()``) as a new flat dict in the Microsoft layout (spec
+    §9.1; inverse of :func:`convert_official_swin`).
 
-    Adds ``relative_position_index`` to every block and, when ``img_size`` is given, ``attn_mask``
-    to odd (shifted) blocks whose stage map ``img_size / patch / 2**i`` is larger than the window,
-    as the official model registers them. ``norm{i}`` output norms have no official counterpart
-    and are left out; ``norm.*``/``head.*`` pass through.
-
-    Args:
-        state_dict: our layout (e.g. ``model.state_dict()`` or :func:`convert_official_swin` output).
-        img_size: training resolution of the official model (224 or 384), or None to skip masks.
-
-    Returns:
-        New flat dict in the spec §9.1 layout.
+    Adds ``relative_position_index`` to every block and, when ``img_size`` (the official model's training
+    resolution, 224 or 384; None: no masks) is given, ``attn_mask`` to odd blocks whose stage map
+    ``img_size / patch / 2**i`` is larger than the window, as the official model registers them. ``norm{i}``
+    output norms have no official counterpart and are left out; ``norm.*``/``head.*`` pass through.
     """
     out = {k: v for k, v in _unwrap(state_dict).items() if not re.match(r"^norm\d+\.", k)}
     patch = out["patch_embed.proj.weight"].shape[-1] if "patch_embed.proj.weight" in out else 4

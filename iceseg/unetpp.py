@@ -108,10 +108,9 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C_in, H, W)`` -> ``(B, C_out, H / stride, W / stride)``."""
-        shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + shortcut)
+        out = self.bn2(self.conv2(out))  # shortcut computed last and added in place: one map fewer alive
+        return self.relu(out.add_(x if self.downsample is None else self.downsample(x)))
 
 
 class ResNetEncoder(nn.Module):

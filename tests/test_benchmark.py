@@ -16,13 +16,13 @@ import benchmark  # noqa: E402
 
 def test_quick_json_fields(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    benchmark.main(["--quick", "--no-ref", "--cases", "matmul,distance_maps,unetpp_infer_512",
-                    "--repeats", "2", "--json", str(out)])
+    benchmark.main(["--quick", "--no-ref", "--cases", "matmul,matmul_onednn,distance_maps,unetpp_infer_512",
+                    "--repeats", "2", "--mem-passes", "2", "--json", str(out)])
     report = json.loads(out.read_text())
     machine = report["machine"]
     assert machine["threads"] == 2 and machine["dtype"] == "float32" and machine["quick"] is True
-    assert machine["matmul_gflops_per_s"] > 0
-    assert [c["case"] for c in report["cases"]] == ["matmul", "distance_maps", "unetpp_infer_512"]
+    assert machine["matmul_gflops_per_s"] > 0 and machine["onednn_gflops_per_s"] > 0
+    assert [c["case"] for c in report["cases"]] == ["matmul", "matmul_onednn", "distance_maps", "unetpp_infer_512"]
     for case in report["cases"]:
         assert "error" not in case, case
         assert case["refs_found"] == {} and case["ratios"] == {}
@@ -30,10 +30,13 @@ def test_quick_json_fields(tmp_path, capsys):
         for key in ("median_s", "images_per_s", "peak_mem_mib", "flops", "gflops_per_s", "times_s"):
             assert key in ours, (case["case"], key)
         assert len(ours["times_s"]) == 2 and ours["median_s"] > 0
+        assert len(ours["peak_mem_passes_mib"]) == 2 and ours["peak_mem_mib"] == max(ours["peak_mem_passes_mib"])
         assert ours["images_per_s"] == pytest.approx(case["batch"] / ours["median_s"])
-    unetpp = report["cases"][2]["impls"]["ours"]
+    unetpp = report["cases"][3]["impls"]["ours"]
     assert unetpp["flops"] > 1e9 and 0 < unetpp["fraction_of_matmul"]  # a 5-band 64x64 U-Net++ R34 pass
-    assert report["cases"][0]["impls"]["ours"]["flops"] == 2 * 2048**3
+    assert 0 < unetpp["fraction_of_onednn"]
+    assert report["cases"][0]["impls"]["ours"]["flops"] == report["cases"][1]["impls"]["ours"]["flops"] == 2 * 2048**3
+    assert report["cases"][3]["impls"]["ours"]["peak_mem_mib"] > 1  # a 64x64 R34 pass maps at least 1 MiB
     table = capsys.readouterr().out
     assert "unetpp_infer_512" in table and "GFLOP/s" in table
 

@@ -234,6 +234,36 @@ def test_fused_attention_matches_explicit():
             torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")  # emitted by mkldnn.flags() on CPU builds
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_linear_matches_f_linear_forward_and_backward(bias):
+    """The CPU fast path (1x1 conv on oneDNN) against F.linear: values and gradients; exact fallback when off."""
+    from iceseg.swin import Linear
+
+    torch.manual_seed(0)
+    layer = Linear(24, 40, bias=bias)
+    x = torch.randn(2, 16, 9, 24, requires_grad=True)  # 288 tokens: the oneDNN path (>= 256)
+    y = layer(x)
+    ref_x = x.detach().clone().requires_grad_(True)
+    ref = torch.nn.functional.linear(ref_x, layer.weight, layer.bias)
+    assert y.shape == ref.shape == (2, 16, 9, 40) and y.is_contiguous()
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [x, *layer.parameters()], g)
+    ref_grads = torch.autograd.grad(ref, [ref_x, *layer.parameters()], g)
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+    with torch.backends.mkldnn.flags(enabled=False), torch.no_grad():  # the switch gives F.linear exactly
+        assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    with torch.no_grad():  # and so do fewer than 256 tokens
+        assert torch.equal(layer(x[:, :2]), torch.nn.functional.linear(x[:, :2], layer.weight, layer.bias))
+    if torch.backends.mkldnn.is_available():  # the fast path really ran: a convolution, no BLAS matmul
+        with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            layer(x)
+        ops = {e.name for e in prof.events()}
+        assert "aten::convolution" in ops and not ops & {"aten::addmm", "aten::mm", "aten::linear"}, ops
+
+
 def test_drop_path_rises_linearly_and_presets():
     with torch.device("meta"):
         model = SwinTransformer(swin_large(drop_path_rate=0.3))
