@@ -1,29 +1,33 @@
 """Benchmark every iceseg model against its reference implementation in the same run (issue 7).
 
-    python benchmark.py [--cases all|a,b,...] [--repeats 3] [--warmup 0] [--mem-passes 2] [--device cpu] [--threads 2]
+    python benchmark.py [--cases all|a,b,...] [--repeats 3] [--warmup 0] [--mem-passes 1] [--mem-procs 3] [--device cpu] [--threads 2]
                         [--json bench.json] [--quick] [--no-ref]
 
-Dev tool (not part of the library). Each case runs in a fresh subprocess (``--worker CASE``) that builds our
-model and, when the reference library imports, the reference model with the SAME weights (the reference's own
-initialisation loaded into ours through our converters: ``convert_timm_swin``, ``convert_mmseg_segmentor``,
-``convert_smp_unetpp``, ``convert_seed_checkpoint``). Per implementation it runs one counted pass under
-``torch.utils.flop_counter.FlopCounterMode`` (also the first warm-up), ``--warmup`` more passes, then
-``--repeats`` timed passes, and reports:
+Dev tool (not part of the library). Each implementation of each case runs in two fresh subprocesses
+(``--worker CASE --impl NAME --what time|memory``) that build our model and, when the reference library imports,
+the reference model with the SAME weights (the reference's own initialisation loaded into ours through our
+converters: ``convert_timm_swin``, ``convert_mmseg_segmentor``, ``convert_smp_unetpp``,
+``convert_seed_checkpoint``), then drop the other one. Ours runs the way its config runs it (``optim.fused``
+AdamW, ``train.channels_last`` for U-Net++ and DeepLab); a reference runs as its library ships (torch's default
+AdamW, NCHW). The time process runs one pass under ``torch.utils.flop_counter.FlopCounterMode`` (also the first
+warm-up), ``--warmup`` more, then ``--repeats`` timed passes: median latency (s), images/s (batch / median),
+FLOPs of one pass, achieved GFLOP/s and its share of the machine's fp32 matmul throughput (case ``matmul``:
+``torch.matmul`` of two 4096 x 4096 matrices, MKL sgemm on this CPU build; case ``matmul_onednn``: the same
+product as a 1x1 convolution on oneDNN). The memory process runs one warm-up pass, then ``--mem-passes`` passes,
+each measured on its own, and reports the largest. On CPU that is the peak-RSS increase over the pass: before it,
+``malloc_trim(0)`` hands every free heap page back to the kernel (so the pass cannot reuse pages an earlier
+pass left behind, unseen), the kernel's high-water mark ``VmHWM`` is reset through ``/proc/self/clear_refs`` and
+``VmRSS`` is read; after it, ``VmHWM - VmRSS_before``. glibc's mmap threshold is pinned at 1 MiB (``mallopt``),
+so every tensor of 1 MiB or more is mapped when allocated and unmapped when freed, and RSS follows the live
+tensors plus library scratch (oneDNN's weight reorders) rather than how the heap happened to fragment: with
+glibc's default sliding threshold, or after timed passes in the same process, the same pass of the same model
+varied by up to 2x between runs. Even so, about one process in five lands ~100 MiB higher on Swin-L (reason not
+found: neither weight values nor imports), so ``--mem-procs`` (3) such processes run and the median of their
+peaks is reported (all are in the JSON). On CUDA: ``torch.cuda.max_memory_allocated`` over the pass minus the
+memory allocated before it.
 
-    median latency (s), images/s (batch / median), FLOPs of one pass, achieved GFLOP/s and its share of the
-    machine's fp32 matmul throughput (case ``matmul``: a 4096 x 4096 product), and peak memory: the largest
-    footprint of ``--mem-passes`` further passes, each measured on its own. On CPU that is the peak-RSS increase
-    over the pass: before it, ``malloc_trim(0)`` hands every free heap page back to the kernel (so the pass cannot
-    reuse pages an earlier pass left behind, unseen), the kernel's high-water mark ``VmHWM`` is reset through
-    ``/proc/self/clear_refs`` and ``VmRSS`` is read; after it, ``VmHWM - VmRSS_before``. For these passes glibc's
-    mmap threshold is pinned at 1 MiB (``mallopt``), so every tensor of 1 MiB or more is mapped when allocated
-    and unmapped when freed, and RSS follows the live tensors (plus library scratch such as oneDNN's) rather
-    than how the heap happened to fragment: with glibc's default sliding threshold the same pass of the same
-    model varied by up to 1.7x between runs. On CUDA: ``torch.cuda.max_memory_allocated`` over the pass minus
-    the memory allocated before it.
-
-A train step is forward + loss + backward + ``AdamW.step`` (default foreach implementation) + ``zero_grad``,
-batch 1. Reference libraries (timm, mmseg 1.2.2 with a stub ``mmcv.ops``, smp, torchvision with the CPU op
+A train step is forward + loss + backward + ``AdamW.step`` + ``zero_grad``, batch 1 unless the case says.
+Reference libraries (timm, mmseg 1.2.2 with a stub ``mmcv.ops``, smp, torchvision with the CPU op
 schema workaround of pytorch/vision#9085) are only imported inside try/except; the output says which were
 found. Output: a table on stdout and, with ``--json``, a JSON file ``{"machine": ..., "cases": [...]}``.
 """
@@ -149,10 +153,8 @@ def _flop_counter():
     return counter
 
 
-def measure(fn, device: torch.device, repeats: int, warmup: int, batch: int, count_flops: bool = True,
-            mem_passes: int = 2) -> dict:
-    """Run ``fn`` once under FlopCounterMode, ``warmup`` more times, ``repeats`` timed times, then
-    ``mem_passes`` (>= 1) times measuring each pass's peak memory on its own."""
+def measure_time(fn, device: torch.device, repeats: int, warmup: int, batch: int, count_flops: bool = True) -> dict:
+    """Run ``fn`` once under FlopCounterMode, ``warmup`` more times, then ``repeats`` timed times."""
     flops = None
     t0 = time.perf_counter()
     if count_flops:
@@ -173,19 +175,25 @@ def measure(fn, device: torch.device, repeats: int, warmup: int, batch: int, cou
         fn()
         _sync(device)
         times.append(time.perf_counter() - t)
-    mems = []
+    med = statistics.median(times)
+    return {"median_s": med, "min_s": min(times), "times_s": times, "first_s": first, "images_per_s": batch / med,
+            "flops": flops, "gflops_per_s": flops / med / 1e9 if flops else None}
+
+
+def measure_memory(fn, device: torch.device, passes: int) -> dict:
+    """One warm-up pass (one-time allocations: oneDNN kernels, caches), then ``passes`` (>= 1) passes, each
+    measured on its own (see the module docstring); the largest is the peak."""
+    fn()
+    _sync(device)
     if device.type == "cpu":
         _pin_mmap_threshold()
-    for _ in range(mem_passes):  # after the timed passes: neither the trimming nor the mapping slows those down
+    mems = []
+    for _ in range(passes):
         base = _reset_peak(device)
         fn()
         _sync(device)
         mems.append(_peak(device) - base)
-    med = statistics.median(times)
-    out = {"median_s": med, "min_s": min(times), "times_s": times, "first_s": first, "images_per_s": batch / med,
-           "peak_mem_mib": max(mems), "peak_mem_passes_mib": mems, "flops": flops}
-    out["gflops_per_s"] = flops / med / 1e9 if flops else None
-    return out
+    return {"peak_mem_mib": max(mems), "peak_mem_passes_mib": mems}
 
 
 @functools.lru_cache(maxsize=None)  # one module object per script: refenv's op library must stay alive
@@ -304,7 +312,7 @@ def _swin(s, device, quick, use_ref, train):
     runs = {name: (lambda m=m: m(x)) if name == "ours" else (lambda m=m: m.forward_intermediates(x, intermediates_only=True))
             for name, m in models.items()}
     fused = _ours_as_configured(ours, "icesegnet_yrcc2")[1]
-    return {"batch": 1, "impls": _bench_fns(runs, models, train, fused=fused), "refs_found": found}
+    return {"batch": 1, "impls": _bench_fns(runs, models, train, fused=fused), "refs_found": found, "models": models}
 
 
 def case_swin_l_infer_512(s, device, quick, use_ref):
@@ -347,7 +355,8 @@ def _seg_setup(name: str, s: dict, device, quick: bool):
 
 def _icesegnet(s, device, quick, use_ref, train):
     cfg, model, x, label, B = _seg_setup("icesegnet_yrcc2", s, device, quick)
-    return {"batch": B, "impls": {"ours": _segmentor_fns(model, x, label, train, cfg.optim.fused)}, "refs_found": {}}
+    return {"batch": B, "impls": {"ours": _segmentor_fns(model, x, label, train, cfg.optim.fused)}, "refs_found": {},
+            "models": {"ours": model}}
 
 
 def case_icesegnet_infer_512(s, device, quick, use_ref):
@@ -402,7 +411,7 @@ def _knet(s, device, quick, use_ref, train):
             found["mmseg"] = version("mmsegmentation")
         except Exception as e:  # noqa: BLE001
             found["mmseg"] = f"not available: {type(e).__name__}: {e}"[:200]
-    return {"batch": B, "impls": fns, "refs_found": found}
+    return {"batch": B, "impls": fns, "refs_found": found, "models": {"ours": ours, **({"mmseg": ref} if "mmseg" in fns else {})}}
 
 
 def case_knet_infer_512(s, device, quick, use_ref):
@@ -435,7 +444,7 @@ def _unetpp(s, device, quick, use_ref, train):
     models["ours"], fused = _ours_as_configured(ours, "unetpp_glacier")
     runs = {name: (lambda m=m: m(x)) for name, m in models.items()}
     fns = _bench_fns(runs, models, train, lambda out: F.binary_cross_entropy_with_logits(out, target), fused)
-    return {"batch": 1, "impls": fns, "refs_found": found}
+    return {"batch": 1, "impls": fns, "refs_found": found, "models": models}
 
 
 def case_unetpp_infer_512(s, device, quick, use_ref):
@@ -471,7 +480,7 @@ def _deeplab(s, device, quick, use_ref, train):
     x = _rand((1, 18, H, W), device)
     models["ours"], fused = _ours_as_configured(models["ours"], "deeplab_autoice")
     runs = {name: (lambda m=m: m.logits(x)) if name == "ours" else (lambda m=m: m(x)) for name, m in models.items()}
-    return {"batch": 1, "impls": _bench_fns(runs, models, train, fused=fused), "refs_found": found}
+    return {"batch": 1, "impls": _bench_fns(runs, models, train, fused=fused), "refs_found": found, "models": models}
 
 
 def case_deeplab_infer_768(s, device, quick, use_ref):
@@ -507,7 +516,7 @@ def case_deeplab_scene_2000(s, device, quick, use_ref):
     for name, m in models.items():
         m.eval()
         fns[name] = torch.no_grad()(lambda m=m, o=(name == "ours"): scene(m, o))
-    return {"batch": 1, "impls": fns, "refs_found": found, "tiles": len(ys) * len(xs)}
+    return {"batch": 1, "impls": fns, "refs_found": found, "tiles": len(ys) * len(xs), "models": models}
 
 
 def case_distance_maps(s, device, quick, use_ref):
@@ -522,6 +531,24 @@ def case_distance_maps(s, device, quick, use_ref):
 
 
 # ----------------------------------------------------------------------------- driver
+def _reallocate(model: torch.nn.Module) -> None:
+    """Give every parameter and buffer of ``model`` fresh storage (same values, strides and Parameter objects).
+
+    Each worker builds our model first and the reference second (to copy its weights), then frees the one it
+    does not measure. Without this step the measured model of the "ours" worker keeps storage allocated before
+    the reference's ~1 GB came and went, the reference's does not, and the same Swin-L pass then measured
+    ~100 MiB more RSS for ours in every memory process (mechanism not found); after it, both start alike, as a
+    model freshly loaded from a checkpoint does.
+    """
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.clone()  # preserve_format: channels-last weights stay channels-last
+        for mod in model.modules():
+            for name, buf in mod._buffers.items():
+                if buf is not None:
+                    mod._buffers[name] = buf.clone()
+
+
 def worker(args) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -536,12 +563,18 @@ def worker(args) -> dict:
     if tiles:
         res["tiles"] = tiles
     fns = {args.impl: built["impls"][args.impl]} if args.impl in built["impls"] else {}
+    model = built.get("models", {}).get(args.impl)
     built.clear()  # drop the other implementation (its model) before measuring
     gc.collect()
+    if model is not None:
+        _reallocate(model)
     for name, fn in fns.items():
         try:
-            m = measure(fn, device, args.repeats, args.warmup, batch, args.worker not in RATES, args.mem_passes)
-            if args.worker in RATES:
+            if args.what == "memory":
+                m = measure_memory(fn, device, args.mem_passes)
+            else:
+                m = measure_time(fn, device, args.repeats, args.warmup, batch, args.worker not in RATES)
+            if args.worker in RATES and args.what == "time":
                 m["flops"] = 2 * s["n"] ** 3
                 m["gflops_per_s"] = m["flops"] / m["median_s"] / 1e9
         except Exception as e:  # noqa: BLE001 - e.g. out of memory; keep the other implementation's figures
@@ -586,7 +619,7 @@ def table(report: dict) -> str:
             gf = m.get("gflops_per_s")
             pct = " ".join(f"{100 * gf / r:5.0f}" if gf and r and c["case"] not in RATES else "    -" for r in (peak, dnn))
             lines.append(f"{c['case']:26s} {name:11s} {m['median_s']:9.3f} {m['images_per_s']:8.3f} "
-                         f"{m['peak_mem_mib']:9.0f} {(m['flops'] or 0) / 1e9:8.1f} {gf or 0:8.1f} {pct} "
+                         f"{m.get('peak_mem_mib', float('nan')):9.0f} {(m['flops'] or 0) / 1e9:8.1f} {gf or 0:8.1f} {pct} "
                          + (f"{r['time']:7.3f} {r['memory'] or float('nan'):7.3f}" if r else f"{'':7s} {'':7s}"))
         for ref, msg in c.get("refs_found", {}).items():
             if str(msg).startswith("not available"):
@@ -597,12 +630,30 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _run_worker(args, env: dict, name: str, impl: str, what: str) -> dict:
+    """Run ``--worker name --impl impl --what what`` in a fresh interpreter; its result dict or ``{"error": ...}``."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--impl", impl, "--what", what,
+           "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--mem-passes", str(args.mem_passes),
+           "--device", args.device, "--threads", str(args.threads)] + ["--quick"] * args.quick + ["--no-ref"] * args.no_ref
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {args.timeout} s"}
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
+    part = json.loads(line[len("BENCH_RESULT "):]) if line else \
+        {"error": f"worker exit {proc.returncode}: {proc.stderr.strip()[-300:]}"}
+    if "error" not in part and "error" in part["impls"].get(impl, {}):
+        part = {"error": part["impls"][impl]["error"]}
+    return part
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default="all", help=f"comma list or 'all': {', '.join(CASES)}")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per implementation (median reported)")
     ap.add_argument("--warmup", type=int, default=0, help="untimed passes after the FLOP-counting pass")
-    ap.add_argument("--mem-passes", type=int, default=2, help="passes measured for peak memory (max reported)")
+    ap.add_argument("--mem-passes", type=int, default=1, help="measured passes per memory process (max taken)")
+    ap.add_argument("--mem-procs", type=int, default=3, help="memory processes per implementation (median taken)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     ap.add_argument("--json", default="", help="write the report here")
@@ -613,10 +664,11 @@ def main(argv=None) -> int:
                     help="no-mmap: glibc MALLOC_MMAP_MAX_=0 + no trimming for the workers (reuses freed pages)")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
     ap.add_argument("--impl", default="ours", help=argparse.SUPPRESS)
+    ap.add_argument("--what", choices=("time", "memory"), default="time", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.repeats < 1 or args.warmup < 0 or args.mem_passes < 1:
-        raise ValueError(f"--repeats and --mem-passes must be >= 1 and --warmup >= 0, got {args.repeats}, "
-                         f"{args.mem_passes}, {args.warmup}")
+    if min(args.repeats, args.mem_passes, args.mem_procs) < 1 or args.warmup < 0:
+        raise ValueError(f"--repeats, --mem-passes and --mem-procs must be >= 1 and --warmup >= 0, got "
+                         f"{args.repeats}, {args.mem_passes}, {args.mem_procs}, {args.warmup}")
     if args.worker:
         print("BENCH_RESULT " + json.dumps(worker(args)), flush=True)
         return 0
@@ -631,19 +683,18 @@ def main(argv=None) -> int:
     report["machine"]["malloc"] = args.malloc
     for name in names:
         t = time.perf_counter()
-        res, impl, todo = None, "ours", ["ours"]
-        while todo:  # one fresh process per implementation: honest peak RSS, no shared heap between them
+        res, todo = None, ["ours"]
+        while todo:  # fresh processes per implementation: one times it, one measures its memory
             impl = todo.pop(0)
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--impl", impl, "--repeats",
-                   str(args.repeats), "--warmup", str(args.warmup), "--mem-passes", str(args.mem_passes), "--device", args.device, "--threads",
-                   str(args.threads)] + ["--quick"] * args.quick + ["--no-ref"] * args.no_ref
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT, env=env)
-                line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
-                part = json.loads(line[len("BENCH_RESULT "):]) if line else \
-                    {"error": f"worker exit {proc.returncode}: {proc.stderr.strip()[-300:]}"}
-            except subprocess.TimeoutExpired:
-                part = {"error": f"timeout after {args.timeout} s"}
+            part = _run_worker(args, env, name, impl, "time")
+            if "error" not in part:
+                mems = [_run_worker(args, env, name, impl, "memory") for _ in range(args.mem_procs)]
+                errors = [m["error"] for m in mems if "error" in m]
+                peaks = [m["impls"][impl]["peak_mem_mib"] for m in mems if "error" not in m]
+                part["impls"].setdefault(impl, {}).update(
+                    {"memory_error": errors[0]} if errors else
+                    {"peak_mem_mib": statistics.median(peaks), "peak_mem_procs_mib": peaks,
+                     "peak_mem_passes_mib": [m["impls"][impl]["peak_mem_passes_mib"] for m in mems]})
             if "error" in part:
                 part = {"impls": {impl: {"error": part["error"]}}}
             if res is None:
@@ -654,7 +705,8 @@ def main(argv=None) -> int:
                 res["impls"].update(part["impls"])
         ours = res["impls"].get("ours", {})
         res["ratios"] = {r: {"time": ours["median_s"] / m["median_s"],
-                             "memory": ours["peak_mem_mib"] / m["peak_mem_mib"] if m["peak_mem_mib"] > 0 else None}
+                             "memory": ours["peak_mem_mib"] / m["peak_mem_mib"]
+                             if m.get("peak_mem_mib", 0) > 0 and "peak_mem_mib" in ours else None}
                          for r, m in res["impls"].items() if r != "ours" and "median_s" in m and "median_s" in ours}
         res["wall_s"] = time.perf_counter() - t
         report["cases"].append(res)

@@ -109,7 +109,7 @@ class TrainConfig:
     early_stop_patience: int = 0  # stop after this many evaluations without a new best, 0 = never
     resume: bool = True  # continue from work_dir/last.pt when it exists
     sync_bn: bool = True  # convert BatchNorm to SyncBatchNorm on CUDA with world size > 1
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the model for training, evaluate() and test.py
     channels_last: bool = False  # NHWC weights and activations (train.py and test.py): faster convs on CPU and CUDA
     device: str = "auto"  # "auto", "cpu" or "cuda"
     deterministic: bool = False  # deterministic kernels (warn where none exist): resume == uninterrupted run

@@ -49,6 +49,8 @@ def main() -> None:
     model = build_model(cfg)
     model.load_state_dict(unwrap_state_dict(ckpt))
     model.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format).eval()
+    if cfg.train.compile:
+        model = torch.compile(model)
 
     split = args.split or D.val_split
     dataset = build_dataset(D, split, train=False)

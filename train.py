@@ -218,9 +218,9 @@ if T.resume and any(p.is_file() for p in (work_dir / "last.pt", prev_path(work_d
     start_iter, best, n_stale, n_skipped = ckpt["iter"], ckpt["best"], ckpt["stale"], ckpt.get("skipped", 0)
     set_rng_state(ckpt["rng"][rank % len(ckpt["rng"])])
     print0(f"resumed from {work_dir / 'last.pt'} at iteration {start_iter}")
-model_without_ddp = model
-if T.compile:
-    model = torch.compile(model)
+model_without_ddp = eval_model = model
+if T.compile:  # one compiled module for the train steps and evaluate() (train/eval mode: one graph each)
+    model = eval_model = torch.compile(model)
 if world > 1:
     model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -232,7 +232,7 @@ def evaluate() -> tuple[dict, str]:
     ev = build_evaluator(cfg, device)
     with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         for batch in val_loader:
-            ev.update(model_without_ddp, to_device(batch, device))
+            ev.update(eval_model, to_device(batch, device))
     model_without_ddp.train()
     metrics = ev.compute()
     return metrics, ev.table(metrics)

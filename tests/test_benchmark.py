@@ -17,7 +17,7 @@ import benchmark  # noqa: E402
 def test_quick_json_fields(tmp_path, capsys):
     out = tmp_path / "bench.json"
     benchmark.main(["--quick", "--no-ref", "--cases", "matmul,matmul_onednn,distance_maps,unetpp_infer_512",
-                    "--repeats", "2", "--mem-passes", "2", "--json", str(out)])
+                    "--repeats", "2", "--mem-passes", "2", "--mem-procs", "2", "--json", str(out)])
     report = json.loads(out.read_text())
     machine = report["machine"]
     assert machine["threads"] == 2 and machine["dtype"] == "float32" and machine["quick"] is True
@@ -30,7 +30,9 @@ def test_quick_json_fields(tmp_path, capsys):
         for key in ("median_s", "images_per_s", "peak_mem_mib", "flops", "gflops_per_s", "times_s"):
             assert key in ours, (case["case"], key)
         assert len(ours["times_s"]) == 2 and ours["median_s"] > 0
-        assert len(ours["peak_mem_passes_mib"]) == 2 and ours["peak_mem_mib"] == max(ours["peak_mem_passes_mib"])
+        procs = ours["peak_mem_procs_mib"]  # two memory processes of two passes each, median of their maxima
+        assert len(procs) == 2 and [max(p) for p in ours["peak_mem_passes_mib"]] == procs
+        assert ours["peak_mem_mib"] == pytest.approx(sum(procs) / 2)
         assert ours["images_per_s"] == pytest.approx(case["batch"] / ours["median_s"])
     unetpp = report["cases"][3]["impls"]["ours"]
     assert unetpp["flops"] > 1e9 and 0 < unetpp["fraction_of_matmul"]  # a 5-band 64x64 U-Net++ R34 pass

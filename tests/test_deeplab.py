@@ -147,3 +147,17 @@ def test_load_pretrained_rejects_foreign_or_mismatching_weights():
         load_pretrained(model, {"backbone.x": torch.zeros(1)})
     with pytest.raises(FileNotFoundError):
         load_pretrained(model, "/nonexistent/resnet152.pth")
+
+
+def test_channels_last_gives_the_same_outputs():
+    """train.channels_last (the DeepLab configs' default): same charts as NCHW, at a tiny width."""
+    torch.manual_seed(0)
+    ref = MultiTaskDeepLab(in_channels=4, layers=(1, 1, 1)).eval()
+    fast = MultiTaskDeepLab(in_channels=4, layers=(1, 1, 1)).eval().to(memory_format=torch.channels_last)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.rand(1, 4, 48, 64)
+    with torch.no_grad():
+        a, b = ref.logits(x), fast.logits(x)
+    for task in a:
+        assert b[task].is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(b[task], a[task], atol=1e-5, rtol=1e-5)

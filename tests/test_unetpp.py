@@ -156,3 +156,19 @@ def test_bad_size_raises_and_backward_is_finite():
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert model.encoder.conv1.weight.grad.abs().sum() > 0
+
+
+def test_channels_last_gives_the_same_logits_and_gradients():
+    """train.channels_last (the U-Net++ configs' default): same numbers as NCHW, NHWC activations."""
+    torch.manual_seed(0)
+    ref = UNetPlusPlus()
+    fast = UNetPlusPlus().to(memory_format=torch.channels_last)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.rand(2, 5, 64, 64)
+    y_ref, y = ref(x), fast(x)
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y_ref.is_contiguous(
+        memory_format=torch.channels_last)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    y_ref.square().mean().backward()
+    y.square().mean().backward()
+    torch.testing.assert_close(fast.encoder.conv1.weight.grad, ref.encoder.conv1.weight.grad, atol=1e-5, rtol=1e-4)
