@@ -89,6 +89,8 @@ def test_knet_matches_mmseg_golden_through_the_key_layout(tmp_path, knet_asset):
     with torch.no_grad():  # float64: the implementations agree far beyond float32 rounding (~1e-5 here)
         out64 = model.double()(x.double())
     torch.testing.assert_close(out64.flatten()[::stride], knet_asset["eval_logits_f64"], atol=1e-9, rtol=0)
+    print(f"K-Net golden max|diff|: fp32 {(out.flatten()[::stride] - knet_asset['eval_logits']).abs().max():.1e}, "
+          f"fp64 {(out64.flatten()[::stride] - knet_asset['eval_logits_f64']).abs().max():.1e}")
 
     model.float().train()
     model.backbone.eval()  # as the dev script: no drop-path, Dropout2d off, BN on batch statistics

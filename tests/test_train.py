@@ -32,7 +32,7 @@ def test_train_resume_mid_epoch_is_exact_and_outputs_are_complete(tmp_path):
     ckpt = torch.load(full / "last.pt", weights_only=True)
     assert ckpt["iter"] == 6 and ckpt["config"]["name"] == "unetpp_glacier_debug"
     assert all(g["fused"] for g in ckpt["optimizer"]["param_groups"])  # optim.fused (default) reached AdamW
-    assert ckpt["config"]["train"]["channels_last"] and ckpt["model"]["encoder.conv1.weight"].is_contiguous(
+    assert ckpt["config"]["train"]["channels_last"] and ckpt["model"]["net.encoder.conv1.weight"].is_contiguous(
         memory_format=torch.channels_last)  # ran channels-last, as the U-Net++ configs ask
     assert json.loads((full / "config.json").read_text())["train"]["max_iters"] == 6
     events = [json.loads(x)["event"] for x in (full / "log.jsonl").read_text().splitlines()]
