@@ -657,7 +657,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     ap.add_argument("--json", default="", help="write the report here")
-    ap.add_argument("--quick", action="store_true", help="small inputs / Swin-T: the whole set in < 60 s")
+    ap.add_argument("--quick", action="store_true", help="small inputs / Swin-T: a smoke run of every case")
     ap.add_argument("--no-ref", action="store_true", help="skip the reference libraries")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per case subprocess")
     ap.add_argument("--malloc", choices=("default", "no-mmap"), default="default",
