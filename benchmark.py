@@ -21,8 +21,9 @@ pass left behind, unseen), the kernel's high-water mark ``VmHWM`` is reset throu
 so every tensor of 1 MiB or more is mapped when allocated and unmapped when freed, and RSS follows the live
 tensors plus library scratch (oneDNN's weight reorders) rather than how the heap happened to fragment: with
 glibc's default sliding threshold, or after timed passes in the same process, the same pass of the same model
-varied by up to 2x between runs. Even so, about one process in five lands ~100 MiB higher on Swin-L (reason not
-found: neither weight values nor imports), so ``--mem-procs`` (3) such processes run and the median of their
+varied by up to 2x between runs. The measured model's tensors are re-allocated after the other model is freed
+(:func:`_reallocate`: without it ours measured ~100 MiB more on Swin-L). The same pass still spreads between
+processes (DeepLab 768^2: 126-198 MiB), so ``--mem-procs`` (3) such processes run and the median of their
 peaks is reported (all are in the JSON). On CUDA: ``torch.cuda.max_memory_allocated`` over the pass minus the
 memory allocated before it.
 
