@@ -42,20 +42,14 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 # ----------------------------------------------------------------------------- functions
 
 
 def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
-    """Cut a padded NHWC map into non-overlapping windows, row-major over windows.
-
-    Args:
-        x: ``(B, Hp, Wp, C)`` with ``Hp`` and ``Wp`` multiples of ``ws``.
-        ws: window size.
-
-    Returns:
-        ``(B*nW, ws*ws, C)``, window index ``b*nW + r*(Wp//ws) + c``.
-    """
+    """Cut a padded NHWC map ``(B, Hp, Wp, C)`` (``Hp``, ``Wp`` multiples of the window size ``ws``) into
+    non-overlapping windows ``(B*nW, ws*ws, C)``, row-major: window index ``b*nW + r*(Wp//ws) + c``."""
     B, Hp, Wp, C = x.shape
     x = x.view(B, Hp // ws, ws, Wp // ws, ws, C)  # (B, Hp/ws, ws, Wp/ws, ws, C)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, C)  # (B*nW, ws*ws, C)
@@ -69,14 +63,9 @@ def window_reverse(windows: torch.Tensor, ws: int, Hp: int, Wp: int) -> torch.Te
 
 
 def relative_position_index(ws: int, device=None) -> torch.Tensor:
-    """Index of each (query, key) pair of a window into the relative-position bias table.
-
-    Microsoft's rule: ``(dy + ws - 1) * (2*ws - 1) + (dx + ws - 1)`` with ``(dy, dx)`` the query
-    minus key offset; mmseg builds the same matrix another way.
-
-    Returns:
-        int64 ``(N, N)`` with values in ``[0, (2*ws-1)**2)``.
-    """
+    """Index of each (query, key) pair of a window into the relative-position bias table: int64 ``(N, N)``
+    in ``[0, (2*ws-1)**2)``. Microsoft's rule ``(dy + ws - 1) * (2*ws - 1) + (dx + ws - 1)``, ``(dy, dx)`` the
+    query minus key offset; mmseg builds the same matrix another way."""
     ar = torch.arange(ws, device=device)
     coords = torch.stack(torch.meshgrid(ar, ar, indexing="ij")).flatten(1)  # (2, N): (row, col)
     rel = coords[:, :, None] - coords[:, None, :] + (ws - 1)  # (2, N, N), in [0, 2*ws-2]
@@ -91,12 +80,8 @@ def shift_window_mask(Hp: int, Wp: int, ws: int, shift: int, device=None,
     ``[n-ws, n-shift)``, ``[n-shift, n)``; tokens of one window may only attend inside their
     region (3x3 regions in 2-D). Built on the padded size, so padded tokens are not masked (mmseg).
 
-    Args:
-        Hp, Wp: padded map size, multiples of ``ws``.
-        ws: window size; shift: roll amount, ``0 < shift < ws``.
-
-    Returns:
-        ``(nW, N, N)`` of ``dtype``: 0 inside a region, -100 across regions.
+    Args: ``Hp, Wp`` padded map size, multiples of the window size ``ws``; ``shift`` roll, ``0 < shift < ws``.
+    Returns: ``(nW, N, N)`` of ``dtype``: 0 inside a region, -100 across regions.
     """
     def region(n: int) -> torch.Tensor:
         i = torch.arange(n, device=device)
@@ -114,15 +99,9 @@ def resize_relative_position_bias_table(table: torch.Tensor, window_size: int) -
     Used to load window-12 (384) checkpoints into window-7 models: the table is viewed as an
     ``nH``-channel ``(2w-1) x (2w-1)`` image and resized with ``align_corners=False``.
 
-    Args:
-        table: float ``(S*S, nH)``, ``S`` odd.
-        window_size: target window ``ws``.
-
-    Returns:
-        ``((2*ws-1)**2, nH)``, ``table`` itself when the size already matches.
-
-    Raises:
-        ValueError: if ``table`` is not 2-D with a square number of rows.
+    Args: ``table`` float ``(S*S, nH)``, ``S`` odd; ``window_size`` target window ``ws``.
+    Returns: ``((2*ws-1)**2, nH)``, ``table`` itself when the size already matches.
+    Raises: ValueError if ``table`` is not 2-D with a square number of rows.
     """
     L, nH = table.shape if table.dim() == 2 else (0, 0)
     S1, S2 = math.isqrt(L), 2 * window_size - 1
@@ -178,19 +157,37 @@ class DropPath(nn.Module):
         return x * mask / keep
 
 
+def _save_only_products(ctx, func, *args, **kwargs) -> CheckpointPolicy:
+    """Selective-checkpoint policy: keep matrix-product outputs, recompute the rest (GELU, dropout, views)."""
+    products = (torch.ops.aten.convolution.default, torch.ops.aten.addmm.default, torch.ops.aten.mm.default)
+    return CheckpointPolicy.MUST_SAVE if func in products else CheckpointPolicy.PREFER_RECOMPUTE
+
+
 class Mlp(nn.Module):
     """Linear(dim -> hidden_dim), exact GELU, Linear(hidden_dim -> dim), dropout ``drop`` after each
-    linear; ``(..., dim)`` in and out."""
+    linear; ``(..., dim)`` in and out.
 
-    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
+    ``recompute_act``: in training, recompute the GELU (and dropout, same RNG) during backward instead of
+    keeping its ``(..., hidden_dim)`` output for fc2's weight gradient (torch selective activation
+    checkpointing); the products are kept, so it costs one GELU per block and gives bit-identical gradients."""
+
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0, recompute_act: bool = False):
         super().__init__()
         self.fc1 = Linear(dim, hidden_dim)
         self.act = nn.GELU()
         self.fc2 = Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
+        self.recompute_act = recompute_act
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        if self.recompute_act and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(
+                self._mlp, x, use_reentrant=False,
+                context_fn=lambda: create_selective_checkpoint_contexts(_save_only_products))
+        return self._mlp(x)
 
 
 class WindowAttention(nn.Module):
@@ -257,7 +254,7 @@ class SwinTransformerBlock(nn.Module):
     """Pre-norm block: ``x + DropPath((S)W-MSA(LN(x)))``, then ``x + DropPath(MLP(LN(x)))``.
 
     Args:
-        dim, num_heads, window_size, qkv_bias, fused_attn: as :class:`WindowAttention`.
+        dim, num_heads, window_size, qkv_bias, fused_attn: as :class:`WindowAttention`; recompute_act: :class:`Mlp`.
         shift_size: cyclic shift, 0 (W-MSA) or ``window_size // 2`` (SW-MSA).
         mlp_ratio: MLP hidden / ``dim``; drop / attn_drop / drop_path: dropout probabilities.
 
@@ -267,7 +264,7 @@ class SwinTransformerBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, window_size: int = 7, shift_size: int = 0,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0,
-                 drop_path: float = 0.0, fused_attn: bool | None = None):
+                 drop_path: float = 0.0, fused_attn: bool | None = None, recompute_act: bool = False):
         super().__init__()
         if not 0 <= shift_size < window_size:
             raise ValueError(f"shift_size must be in [0, window_size={window_size}), got {shift_size}")
@@ -276,7 +273,7 @@ class SwinTransformerBlock(nn.Module):
         self.attn = WindowAttention(dim, num_heads, window_size, qkv_bias, attn_drop, drop, fused_attn)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, recompute_act)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Args: x ``(B, H, W, C)``; attn_mask ``(nW, N, N)`` from :func:`shift_window_mask` (shifted
@@ -351,12 +348,12 @@ class BasicLayer(nn.Module):
 
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float,
                  qkv_bias: bool, drop: float, attn_drop: float, drop_path: list[float], downsample: bool,
-                 with_cp: bool = False, fused_attn: bool | None = None):
+                 with_cp: bool = False, fused_attn: bool | None = None, recompute_act: bool = False):
         super().__init__()
         self.window_size, self.with_cp = window_size, with_cp
         self.blocks = nn.ModuleList([
             SwinTransformerBlock(dim, num_heads, window_size, 0 if j % 2 == 0 else window_size // 2, mlp_ratio,
-                                 qkv_bias, drop, attn_drop, drop_path[j], fused_attn)
+                                 qkv_bias, drop, attn_drop, drop_path[j], fused_attn, recompute_act and not with_cp)
             for j in range(depth)])
         self.downsample = PatchMerging(dim) if downsample else None
 
@@ -406,7 +403,8 @@ class SwinTransformer(nn.Module):
         self.layers = nn.ModuleList([
             BasicLayer(self.num_features[i], cfg.depths[i], cfg.num_heads[i], cfg.window_size, cfg.mlp_ratio,
                        cfg.qkv_bias, cfg.drop_rate, cfg.attn_drop_rate,
-                       dpr[sum(cfg.depths[:i]):sum(cfg.depths[:i + 1])], i < n - 1, cfg.with_cp, cfg.fused_attn)
+                       dpr[sum(cfg.depths[:i]):sum(cfg.depths[:i + 1])], i < n - 1, cfg.with_cp, cfg.fused_attn,
+                       cfg.recompute_act)
             for i in range(n)])
         for i in self.out_indices:
             self.add_module(f"norm{i}", nn.LayerNorm(self.num_features[i]))
@@ -469,6 +467,7 @@ class SwinConfig:
     out_indices: tuple[int, ...] = (0, 1, 2, 3)  # stages whose (normalised) output is returned
     with_cp: bool = False  # gradient checkpointing per block (saves memory, costs a re-forward)
     fused_attn: bool | None = None  # F.scaled_dot_product_attention: True / False / None = on CUDA only
+    recompute_act: bool = True  # training: recompute MLP GELUs in backward, not store them (see Mlp; off under with_cp)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first inconsistent field."""

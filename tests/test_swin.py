@@ -5,6 +5,7 @@ key names with tests/golden.py, so neither mmseg nor timm is needed.
 """
 
 import ast
+import collections
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from iceseg.swin import (
     SwinTransformer,
@@ -289,6 +291,54 @@ def test_gradient_checkpointing_same_grads():
     assert len(calls) == 2  # forward + recomputation in backward
     for (n, a), b in zip(plain.named_parameters(), cp.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5, msg=n)
+
+
+class _OpLog(TorchDispatchMode):
+    """Count the aten ops run inside the mode, by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")  # emitted by mkldnn.flags() on CPU builds
+@pytest.mark.parametrize("onednn", [True, False])
+def test_mlp_recompute_act_frees_gelu_output_same_grads(onednn):
+    """recompute_act: fc2's input (dropout of the GELU) is not kept for backward, no product is recomputed, gradients are
+    bit-identical (dropout too: the checkpoint replays the RNG); oneDNN conv and BLAS linear paths."""
+    import weakref
+
+    from iceseg.swin import Mlp
+
+    torch.manual_seed(0)
+    plain, sac = Mlp(16, 64, drop=0.2), Mlp(16, 64, drop=0.2, recompute_act=True)
+    sac.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 300, 16)  # 600 tokens: the oneDNN path when enabled
+    alive, grads = {}, {}
+    for name, m in (("plain", plain), ("sac", sac)):
+        handle = m.fc2.register_forward_pre_hook(  # returns None: the input is not replaced
+            lambda mod, i, name=name: alive.update({name: weakref.ref(i[0].untyped_storage())}) or None)
+        xi = x.clone().requires_grad_(True)
+        torch.manual_seed(1)
+        with torch.backends.mkldnn.flags(enabled=onednn):
+            y = m(xi)
+            handle.remove()
+            kept = alive[name]() is not None  # is fc2's (2, 300, 64) input (dropout of GELU) still referenced?
+            with _OpLog() as log:
+                y.backward(torch.ones_like(y))
+        grads[name] = [xi.grad, *(p.grad for p in m.parameters())]
+        alive[name] = (kept, log.ops)
+    assert alive["plain"][0] and not alive["sac"][0]
+    (_, plain_ops), (_, sac_ops) = alive["plain"], alive["sac"]
+    for op in ("aten.convolution.default", "aten.addmm.default", "aten.mm.default"):  # no product recomputed
+        assert sac_ops[op] == plain_ops[op], (op, sac_ops, plain_ops)
+    assert sac_ops["aten.gelu.default"] == 1 and plain_ops["aten.gelu.default"] == 0  # recomputed once
+    for a, b in zip(grads["plain"], grads["sac"], strict=True):
+        assert torch.equal(a, b)
 
 
 def test_file_runs_alone(tmp_path):
