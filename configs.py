@@ -135,6 +135,7 @@ class EvalConfig:
     bf_tolerance: float = 0.0075  # BFscore match distance, fraction of the image diagonal
     biou_dilation: float = 0.02  # Boundary IoU band width, fraction of the image diagonal
     exclude_classes: list = field(default_factory=list)  # class indices left out of class means (ISPRS clutter)
+    fuse_conv_bn: bool = True  # test.py: fold BatchNorm into the conv before it (iceseg.inference.fuse_conv_bn)
 
 
 @dataclass

@@ -250,7 +250,8 @@ class UPerHead(nn.Module):
             # P resized copies never exist at once (memory; issue 7). Then BN + ReLU as in ConvModule.
             acc = None
             for w, o in zip(fb.conv.weight.split(self.channels, dim=1), outs, strict=True):
-                y = F.conv2d(resize(o, size), w, padding=fb.conv.padding)  # (B, channels, H_0, W_0)
+                b = fb.conv.bias if acc is None else None  # a bias exists once BN is folded in (fuse_conv_bn)
+                y = F.conv2d(resize(o, size), w, b, padding=fb.conv.padding)  # (B, channels, H_0, W_0)
                 acc = y if acc is None else acc.add_(y)
             return fb.act(fb.bn(acc))
         return fb(torch.cat([resize(o, size) for o in outs], dim=1))  # (B, channels, H_0, W_0)

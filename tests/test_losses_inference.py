@@ -78,3 +78,46 @@ def test_test_time_resize_returns_input_size():
     model = nn.Conv2d(3, 2, 3, padding=1).eval()
     out = predict(model, torch.randn(1, 3, 40, 100), resize=(200, 100), scales=[0.5, 1.0])
     assert out.shape == (1, 2, 40, 100) and torch.allclose(out.sum(1), torch.ones(1, 40, 100))
+
+
+def _randomise_bn(model: nn.Module) -> None:
+    """Non-trivial running statistics and affine parameters, so a wrong fold (e.g. a dropped bias) shows."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+@pytest.mark.parametrize("config,bn_left", [("deeplab_autoice_debug", 0), ("unetpp_glacier_debug", 0),
+                                            ("knet_yrcc2_debug", 0), ("icesegnet_yrcc2_debug", 4)])
+def test_fuse_conv_bn_matches_unfused_model(config, bn_left):
+    """test.py's eval.fuse_conv_bn: every model family gives the same outputs with BN folded into its convs
+    (SEFPN's BN follows a ConvModule, not a Conv2d, and stays)."""
+    import copy
+
+    import configs
+    from iceseg.inference import fuse_conv_bn
+    from iceseg.segmentor import build_model
+
+    cfg = configs.get_config(config)
+    cfg.model.pretrained = ""
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    _randomise_bn(model)
+    with pytest.raises(ValueError, match="eval"):
+        fuse_conv_bn(copy.deepcopy(model).train())
+    model.eval()
+    fused = fuse_conv_bn(copy.deepcopy(model))
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in fused.modules()) == bn_left
+    in_channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+    x = torch.randn(1, in_channels, 64, 48)
+    with torch.no_grad():
+        ref, out = model(x), fused(x)
+    pairs = [(ref[k], out[k]) for k in ref] if isinstance(ref, dict) else [(ref, out)]
+    for a, b in pairs:
+        assert a.shape == b.shape
+        assert (a - b).abs().max() <= 1e-4 * a.abs().max(), (config, (a - b).abs().max(), a.abs().max())
