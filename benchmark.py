@@ -15,17 +15,17 @@ FLOPs of one pass, achieved GFLOP/s and its share of the machine's fp32 matmul t
 ``torch.matmul`` of two 4096 x 4096 matrices, MKL sgemm on this CPU build; case ``matmul_onednn``: the same
 product as a 1x1 convolution on oneDNN). The memory process runs one warm-up pass, then ``--mem-passes`` passes,
 each measured on its own, and reports the largest. On CPU that is the peak-RSS increase over the pass: before it,
-``malloc_trim(0)`` hands every free heap page back to the kernel (so the pass cannot reuse pages an earlier
-pass left behind, unseen), the kernel's high-water mark ``VmHWM`` is reset through ``/proc/self/clear_refs`` and
-``VmRSS`` is read; after it, ``VmHWM - VmRSS_before``. glibc's mmap threshold is pinned at 1 MiB (``mallopt``),
-so every tensor of 1 MiB or more is mapped when allocated and unmapped when freed, and RSS follows the live
-tensors plus library scratch (oneDNN's weight reorders) rather than how the heap happened to fragment: with
-glibc's default sliding threshold, or after timed passes in the same process, the same pass of the same model
-varied by up to 2x between runs. The measured model's tensors are re-allocated after the other model is freed
-(:func:`_reallocate`: without it ours measured ~100 MiB more on Swin-L). The same pass still spreads between
-processes (DeepLab 768^2: 126-198 MiB), so ``--mem-procs`` (3) such processes run and the median of their
-peaks is reported (all are in the JSON). On CUDA: ``torch.cuda.max_memory_allocated`` over the pass minus the
-memory allocated before it.
+``malloc_trim(0)`` hands free heap pages back to the kernel, the kernel's high-water mark ``VmHWM`` is reset
+through ``/proc/self/clear_refs`` and ``VmRSS`` is read; after it, ``VmHWM - VmRSS_before``. The memory process
+starts with glibc's mmap threshold fixed at 1 MiB (``MALLOC_MMAP_THRESHOLD_``, whatever ``--malloc`` says), so
+every block of 1 MiB or more, from the first, is mapped when allocated and unmapped when freed, and RSS follows
+the live tensors plus library scratch (oneDNN's) rather than which free heap pages a block happened to land on.
+With glibc's sliding threshold (or one pinned only after the model was built), large blocks reused heap chunks
+freed earlier, a pass's RSS counted every page it touched, and the same pass of the same model varied by up to
+2x between processes (DeepLab 768^2: 157-216 MiB); with the fixed threshold it repeats to ~1 MiB and matches the
+live-tensor peak of ``scripts/tensor_peak.py`` (Swin-L inference: 148.8 vs 147.3 MiB). ``--mem-procs`` (3) such
+processes still run and the median is reported (all are in the JSON). On CUDA: ``torch.cuda.max_memory_allocated``
+over the pass minus the memory allocated before it.
 
 A train step is forward + loss + backward + ``AdamW.step`` + ``zero_grad``, batch 1 unless the case says.
 Reference libraries (timm, mmseg 1.2.2 with a stub ``mmcv.ops``, smp, torchvision with the CPU op
@@ -114,18 +114,6 @@ def _reset_peak(device: torch.device) -> float:
     return (_status_kb("VmRSS") or 0) / 1024
 
 
-def _pin_mmap_threshold(nbytes: int = 1 << 20) -> None:
-    """glibc: serve blocks >= ``nbytes`` by mmap (also under ``--malloc no-mmap``), with no sliding threshold."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-4, 1 << 16)  # M_MMAP_MAX
-        libc.mallopt(-3, nbytes)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
 def _peak(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -186,8 +174,6 @@ def measure_memory(fn, device: torch.device, passes: int) -> dict:
     measured on its own (see the module docstring); the largest is the peak."""
     fn()
     _sync(device)
-    if device.type == "cpu":
-        _pin_mmap_threshold()
     mems = []
     for _ in range(passes):
         base = _reset_peak(device)
@@ -262,12 +248,16 @@ def case_matmul_onednn(s, device, quick, use_ref):
     return {"batch": 1, "impls": {"ours": lambda: F.conv2d(a, b)}, "refs_found": {}}
 
 
-def _ours_as_configured(model, config: str):
-    """Our model the way train.py / test.py run config ``config``: ``(model, optim.fused)``, with
-    ``train.channels_last`` applied (NCHW input, as the data loader gives it: the convs switch to NHWC)."""
+def _ours_as_configured(model, config: str, train: bool):
+    """Our model (weights loaded) the way train.py (``train``) or test.py runs config ``config``:
+    ``(model, optim.fused)``. ``train.channels_last`` applied (NCHW input, as the data loader gives it: the convs
+    switch to NHWC); for inference eval mode and, with ``eval.fuse_conv_bn``, BatchNorm folded into the convs."""
     import configs
+    from iceseg.inference import fuse_conv_bn
 
     cfg = configs.get_config(config)
+    if not train and cfg.eval.fuse_conv_bn:
+        model = fuse_conv_bn(model.eval())
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model, cfg.optim.fused
@@ -312,8 +302,8 @@ def _swin(s, device, quick, use_ref, train):
     models = {**impls, **refs}
     runs = {name: (lambda m=m: m(x)) if name == "ours" else (lambda m=m: m.forward_intermediates(x, intermediates_only=True))
             for name, m in models.items()}
-    fused = _ours_as_configured(ours, "icesegnet_yrcc2")[1]
-    return {"batch": 1, "impls": _bench_fns(runs, models, train, fused=fused), "refs_found": found, "models": models}
+    fused = _ours_as_configured(ours, "icesegnet_yrcc2", train)[1]
+    return {"batch": 1, "impls": _bench_fns(runs, models, train, fused=fused), "refs_found": found}
 
 
 def case_swin_l_infer_512(s, device, quick, use_ref):
@@ -334,7 +324,8 @@ def _seg_cfg(name, quick):
     return cfg
 
 
-def _segmentor_fns(model, x, label, train, fused=False):
+def _segmentor_fns(model, x, label, train, config: str):
+    model, fused = _ours_as_configured(model, config, train)
     if train:
         model.train()
         return _train_fn(model, lambda: sum(model(x, label).values()), fused)
@@ -343,21 +334,21 @@ def _segmentor_fns(model, x, label, train, fused=False):
 
 
 def _seg_setup(name: str, s: dict, device, quick: bool):
-    """(cfg, our segmentor on ``device``, input (B, 3, H, W), label (B, H, W), B) for config ``name``."""
+    """(cfg, our segmentor on ``device`` (not yet :func:`_ours_as_configured`), input (B, 3, H, W), label (B, H, W),
+    B) for config ``name``."""
     from iceseg.segmentor import build_model
 
     cfg = _seg_cfg(name, quick)
     (H, W), B = s["size"], s.get("batch", 1)
-    model = _ours_as_configured(build_model(cfg).to(device), name)[0]
+    model = build_model(cfg).to(device)
     x = _rand((B, 3, H, W), device)
     label = torch.randint(0, cfg.model.num_classes, (B, H, W), generator=torch.Generator().manual_seed(1)).to(device)
     return cfg, model, x, label, B
 
 
 def _icesegnet(s, device, quick, use_ref, train):
-    cfg, model, x, label, B = _seg_setup("icesegnet_yrcc2", s, device, quick)
-    return {"batch": B, "impls": {"ours": _segmentor_fns(model, x, label, train, cfg.optim.fused)}, "refs_found": {},
-            "models": {"ours": model}}
+    _, model, x, label, B = _seg_setup("icesegnet_yrcc2", s, device, quick)
+    return {"batch": B, "impls": {"ours": _segmentor_fns(model, x, label, train, "icesegnet_yrcc2")}, "refs_found": {}}
 
 
 def case_icesegnet_infer_512(s, device, quick, use_ref):
@@ -377,7 +368,7 @@ def _knet(s, device, quick, use_ref, train):
 
     cfg, ours, x, label, B = _seg_setup("knet_yrcc2", s, device, quick)
     H, W = s["size"]
-    fns, found = {"ours": _segmentor_fns(ours, x, label, train, cfg.optim.fused)}, {}
+    fns, found = {}, {}
     if use_ref:
         try:
             MODELS = _mmseg_models()
@@ -412,7 +403,8 @@ def _knet(s, device, quick, use_ref, train):
             found["mmseg"] = version("mmsegmentation")
         except Exception as e:  # noqa: BLE001
             found["mmseg"] = f"not available: {type(e).__name__}: {e}"[:200]
-    return {"batch": B, "impls": fns, "refs_found": found, "models": {"ours": ours, **({"mmseg": ref} if "mmseg" in fns else {})}}
+    fns["ours"] = _segmentor_fns(ours, x, label, train, "knet_yrcc2")  # after the reference's weights are in
+    return {"batch": B, "impls": fns, "refs_found": found}
 
 
 def case_knet_infer_512(s, device, quick, use_ref):
@@ -442,10 +434,10 @@ def _unetpp(s, device, quick, use_ref, train):
             found["smp"] = f"not available: {type(e).__name__}: {e}"[:200]
     x = torch.rand(1, 5, H, W, generator=torch.Generator().manual_seed(0)).to(device)
     target = (torch.rand(1, 1, H, W, generator=torch.Generator().manual_seed(1)) > 0.5).float().to(device)
-    models["ours"], fused = _ours_as_configured(ours, "unetpp_glacier")
+    models["ours"], fused = _ours_as_configured(ours, "unetpp_glacier", train)
     runs = {name: (lambda m=m: m(x)) for name, m in models.items()}
     fns = _bench_fns(runs, models, train, lambda out: F.binary_cross_entropy_with_logits(out, target), fused)
-    return {"batch": 1, "impls": fns, "refs_found": found, "models": models}
+    return {"batch": 1, "impls": fns, "refs_found": found}
 
 
 def case_unetpp_infer_512(s, device, quick, use_ref):
@@ -479,9 +471,9 @@ def _deeplab(s, device, quick, use_ref, train):
     H, W = s["size"]
     models, found = _deeplab_models(device, use_ref)
     x = _rand((1, 18, H, W), device)
-    models["ours"], fused = _ours_as_configured(models["ours"], "deeplab_autoice")
+    models["ours"], fused = _ours_as_configured(models["ours"], "deeplab_autoice", train)
     runs = {name: (lambda m=m: m.logits(x)) if name == "ours" else (lambda m=m: m(x)) for name, m in models.items()}
-    return {"batch": 1, "impls": _bench_fns(runs, models, train, fused=fused), "refs_found": found, "models": models}
+    return {"batch": 1, "impls": _bench_fns(runs, models, train, fused=fused), "refs_found": found}
 
 
 def case_deeplab_infer_768(s, device, quick, use_ref):
@@ -499,7 +491,7 @@ def case_deeplab_scene_2000(s, device, quick, use_ref):
     H, W = s["size"]
     (ch, cw), (sh, sw) = s["crop"], s["stride"]
     models, found = _deeplab_models(device, use_ref)
-    models["ours"] = _ours_as_configured(models["ours"], "deeplab_autoice")[0]
+    models["ours"] = _ours_as_configured(models["ours"], "deeplab_autoice", False)[0]
     x = _rand((1, 18, H, W), device)
     ys, xs = window_starts(H, ch, sh), window_starts(W, cw, sw)
 
@@ -517,7 +509,7 @@ def case_deeplab_scene_2000(s, device, quick, use_ref):
     for name, m in models.items():
         m.eval()
         fns[name] = torch.no_grad()(lambda m=m, o=(name == "ours"): scene(m, o))
-    return {"batch": 1, "impls": fns, "refs_found": found, "tiles": len(ys) * len(xs), "models": models}
+    return {"batch": 1, "impls": fns, "refs_found": found, "tiles": len(ys) * len(xs)}
 
 
 def case_distance_maps(s, device, quick, use_ref):
@@ -532,24 +524,6 @@ def case_distance_maps(s, device, quick, use_ref):
 
 
 # ----------------------------------------------------------------------------- driver
-def _reallocate(model: torch.nn.Module) -> None:
-    """Give every parameter and buffer of ``model`` fresh storage (same values, strides and Parameter objects).
-
-    Each worker builds our model first and the reference second (to copy its weights), then frees the one it
-    does not measure. Without this step the measured model of the "ours" worker keeps storage allocated before
-    the reference's ~1 GB came and went, the reference's does not, and the same Swin-L pass then measured
-    ~100 MiB more RSS for ours in every memory process (mechanism not found); after it, both start alike, as a
-    model freshly loaded from a checkpoint does.
-    """
-    with torch.no_grad():
-        for p in model.parameters():
-            p.data = p.data.clone()  # preserve_format: channels-last weights stay channels-last
-        for mod in model.modules():
-            for name, buf in mod._buffers.items():
-                if buf is not None:
-                    mod._buffers[name] = buf.clone()
-
-
 def worker(args) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -564,11 +538,8 @@ def worker(args) -> dict:
     if tiles:
         res["tiles"] = tiles
     fns = {args.impl: built["impls"][args.impl]} if args.impl in built["impls"] else {}
-    model = built.get("models", {}).get(args.impl)
     built.clear()  # drop the other implementation (its model) before measuring
     gc.collect()
-    if model is not None:
-        _reallocate(model)
     for name, fn in fns.items():
         try:
             if args.what == "memory":
@@ -662,7 +633,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-ref", action="store_true", help="skip the reference libraries")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per case subprocess")
     ap.add_argument("--malloc", choices=("default", "no-mmap"), default="default",
-                    help="no-mmap: glibc MALLOC_MMAP_MAX_=0 + no trimming for the workers (reuses freed pages)")
+                    help="no-mmap: glibc MALLOC_MMAP_MAX_=0 + no trimming for the time workers (reuses freed pages)")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
     ap.add_argument("--impl", default="ours", help=argparse.SUPPRESS)
     ap.add_argument("--what", choices=("time", "memory"), default="time", help=argparse.SUPPRESS)
@@ -681,7 +652,9 @@ def main(argv=None) -> int:
     env = dict(os.environ)
     if args.malloc == "no-mmap":  # glibc: serve every block from the heap and keep it: no page faults per pass
         env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**40))
-    report["machine"]["malloc"] = args.malloc
+    report["machine"]["malloc"] = args.malloc  # for the time processes; memory processes: fixed 1 MiB threshold
+    mem_env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    mem_env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
     for name in names:
         t = time.perf_counter()
         res, todo = None, ["ours"]
@@ -689,7 +662,7 @@ def main(argv=None) -> int:
             impl = todo.pop(0)
             part = _run_worker(args, env, name, impl, "time")
             if "error" not in part:
-                mems = [_run_worker(args, env, name, impl, "memory") for _ in range(args.mem_procs)]
+                mems = [_run_worker(args, mem_env, name, impl, "memory") for _ in range(args.mem_procs)]
                 errors = [m["error"] for m in mems if "error" in m]
                 peaks = [m["impls"][impl]["peak_mem_mib"] for m in mems if "error" not in m]
                 part["impls"].setdefault(impl, {}).update(
