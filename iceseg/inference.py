@@ -148,16 +148,16 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
         ``model``.
 
     Raises:
-        ValueError: if ``model`` is in training mode (batch statistics cannot be folded).
+        ValueError: if ``model`` or any submodule is in training mode (batch statistics cannot be folded).
     """
-    if model.training:
+    if any(m.training for m in model.modules()):
         raise ValueError("fuse_conv_bn: call model.eval() first; BatchNorm in training mode uses batch statistics")
     for parent in list(model.modules()):
         names = list(parent._modules)
         for a, b in itertools.pairwise(names):
             conv, bn = parent._modules[a], parent._modules[b]
             if (isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d and bn.track_running_stats
-                    and conv.out_channels == bn.num_features and not (conv.training or bn.training)):
+                    and conv.out_channels == bn.num_features):
                 parent._modules[a] = fuse_conv_bn_eval(conv, bn)
                 parent._modules[b] = nn.Identity()
     return model

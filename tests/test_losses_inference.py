@@ -111,6 +111,10 @@ def test_fuse_conv_bn_matches_unfused_model(config, bn_left):
     with pytest.raises(ValueError, match="eval"):
         fuse_conv_bn(copy.deepcopy(model).train())
     model.eval()
+    part = copy.deepcopy(model)
+    next(part.children()).train()  # one submodule left in training mode is refused too
+    with pytest.raises(ValueError, match="eval"):
+        fuse_conv_bn(part)
     fused = fuse_conv_bn(copy.deepcopy(model))
     assert sum(isinstance(m, nn.BatchNorm2d) for m in fused.modules()) == bn_left
     in_channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
