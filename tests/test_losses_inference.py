@@ -80,18 +80,6 @@ def test_test_time_resize_returns_input_size():
     assert out.shape == (1, 2, 40, 100) and torch.allclose(out.sum(1), torch.ones(1, 40, 100))
 
 
-def _randomise_bn(model: nn.Module) -> None:
-    """Non-trivial running statistics and affine parameters, so a wrong fold (e.g. a dropped bias) shows."""
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
-
-
 @pytest.mark.parametrize("config,bn_left", [("deeplab_autoice_debug", 0), ("unetpp_glacier_debug", 0),
                                             ("knet_yrcc2_debug", 0), ("icesegnet_yrcc2_debug", 4)])
 def test_fuse_conv_bn_matches_unfused_model(config, bn_left):
@@ -102,12 +90,13 @@ def test_fuse_conv_bn_matches_unfused_model(config, bn_left):
     import configs
     from iceseg.inference import fuse_conv_bn
     from iceseg.segmentor import build_model
+    from tests.golden import seeded_state_dict
 
     cfg = configs.get_config(config)
     cfg.model.pretrained = ""
-    torch.manual_seed(0)
     model = build_model(cfg)
-    _randomise_bn(model)
+    # golden.py's seeded weights: BN statistics and affine terms away from 0/1, so a wrong fold (a dropped bias) shows
+    model.load_state_dict(seeded_state_dict({k: v.shape for k, v in model.state_dict().items()}))
     with pytest.raises(ValueError, match="eval"):
         fuse_conv_bn(copy.deepcopy(model).train())
     model.eval()

@@ -318,25 +318,24 @@ def test_mlp_recompute_act_frees_gelu_output_same_grads(onednn):
     plain, sac = Mlp(16, 64, drop=0.2), Mlp(16, 64, drop=0.2, recompute_act=True)
     sac.load_state_dict(plain.state_dict())
     x = torch.randn(2, 300, 16)  # 600 tokens: the oneDNN path when enabled
-    alive, grads = {}, {}
+    fc2_input, kept, ops, grads = {}, {}, {}, {}
     for name, m in (("plain", plain), ("sac", sac)):
         handle = m.fc2.register_forward_pre_hook(  # returns None: the input is not replaced
-            lambda mod, i, name=name: alive.update({name: weakref.ref(i[0].untyped_storage())}) or None)
+            lambda mod, i: fc2_input.update(ref=weakref.ref(i[0].untyped_storage())) or None)
         xi = x.clone().requires_grad_(True)
         torch.manual_seed(1)
         with torch.backends.mkldnn.flags(enabled=onednn):
             y = m(xi)
             handle.remove()
-            kept = alive[name]() is not None  # is fc2's (2, 300, 64) input (dropout of GELU) still referenced?
+            kept[name] = fc2_input["ref"]() is not None  # fc2's (2, 300, 64) input (dropout of GELU) referenced?
             with _OpLog() as log:
                 y.backward(torch.ones_like(y))
         grads[name] = [xi.grad, *(p.grad for p in m.parameters())]
-        alive[name] = (kept, log.ops)
-    assert alive["plain"][0] and not alive["sac"][0]
-    (_, plain_ops), (_, sac_ops) = alive["plain"], alive["sac"]
+        ops[name] = log.ops
+    assert kept["plain"] and not kept["sac"]
     for op in ("aten.convolution.default", "aten.addmm.default", "aten.mm.default"):  # no product recomputed
-        assert sac_ops[op] == plain_ops[op], (op, sac_ops, plain_ops)
-    assert sac_ops["aten.gelu.default"] == 1 and plain_ops["aten.gelu.default"] == 0  # recomputed once
+        assert ops["sac"][op] == ops["plain"][op], (op, ops)
+    assert ops["sac"]["aten.gelu.default"] == 1 and ops["plain"]["aten.gelu.default"] == 0  # recomputed once
     for a, b in zip(grads["plain"], grads["sac"], strict=True):
         assert torch.equal(a, b)
 
