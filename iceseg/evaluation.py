@@ -81,13 +81,19 @@ class SegEvaluator:
                 Image.fromarray(overlay).save(Path(show_dir) / f"{name}_overlay.png")
 
     def compute(self) -> dict:
-        """All-reduce the matrix over ranks and derive the metrics (``iceseg.metrics.compute_metrics``)."""
+        """All-reduce over ranks and derive the metrics (``compute_metrics``, ``BoundaryMetrics``).
+
+        ``eval.exclude_classes`` leave the confusion-matrix means here (:func:`exclude_from_means`) and
+        the boundary means in ``BoundaryMetrics``, so ``mBFscore`` stays per image, then over images.
+        """
         self.cm.all_reduce()
         out = self.cm.compute()
+        if self.E.exclude_classes:
+            out = exclude_from_means(out, self.E.exclude_classes)
         if self.bm is not None:
             self.bm.all_reduce()
             out.update(self.bm.compute())
-        return exclude_from_means(out, self.E.exclude_classes) if self.E.exclude_classes else out
+        return out
 
     def table(self, metrics: dict) -> str:
         """Per-class table and summary line (plus the boundary metrics when computed)."""

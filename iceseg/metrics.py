@@ -389,8 +389,10 @@ def combined_score(r2_sic: float, f1_sod: float, f1_floe: float, weights=(2.0, 2
 
 # --------------------------------------------------------------------------- boundary metrics
 # BFscore (Csurka, Larlus & Perronnin, BMVC 2013; MATLAB ``bfscore``) and Boundary IoU (Cheng et al.,
-# CVPR 2021, ``bowenc0221/boundary-iou-api``), spec unetpp_glacier_and_lossd.md B6. Ignore pixels are
-# removed from both maps before boundaries are taken (prediction and target are "no class" there).
+# CVPR 2021, ``bowenc0221/boundary-iou-api``), spec unetpp_glacier_and_lossd.md B6 and icesegnet.md §5.
+# Boundaries and bands are taken on the label and prediction maps as they are (the ignore value is a
+# label value like any other), then boundary / band pixels on ignored target pixels are not scored, so
+# an ignore region never creates matching boundaries on both sides.
 
 
 def exclude_from_means(metrics: dict, exclude) -> dict:
@@ -467,18 +469,30 @@ def _edges(lab: np.ndarray) -> np.ndarray:
 class BoundaryMetrics:
     """Running, all-reducible BFscore and Boundary IoU per class (percent).
 
-    Per image of size H x W (diagonal D = sqrt(H^2 + W^2)) and class c, with G = [target = c] and
-    P = [pred = c], both restricted to valid pixels (target != ignore):
+    Per image of size H x W (diagonal D = sqrt(H^2 + W^2)) and class c, on the maps as they are:
+    G = [target = c], P = [pred = c], V = [target != ignore] (an ignored pixel is never in G, and is
+    in P wherever the prediction there is c). The classes of an image are those present in its
+    target or its prediction on V.
 
-    - BF: boundary sets B_G, B_P (:func:`boundary_pixels`); precision = share of B_P within Euclidean
-      distance theta = ``bf_tolerance`` * D of B_G, recall = share of B_G within theta of B_P,
-      F1 = 2PR / (P + R); 1 when both sets are empty, 0 when only one is. The image score is the mean
-      F1 over the classes present in its target (minus ``exclude``); ``mBFscore`` is the mean over
-      images (per-image averaging, MATLAB ``bfscore``), ``BFscore[c]`` the mean F1 over the images
-      containing c.
-    - BIoU: bands G_d, P_d (:func:`boundary_band`, d = max(1, round(``biou_dilation`` * D)));
-      |G_d & P_d| and |G_d | P_d| are summed over the dataset per class, ``BIoU[c]`` = their ratio
-      (NaN when the union is empty) and ``mBIoU`` the NaN-skipping mean over classes not excluded.
+    - BF: boundary pixels on the raw maps, edges = pixels with a 4-neighbour of another value
+      (:func:`_edges`; the image border is no edge): B_G = G & edges(target) (valid pixels by
+      definition, the target's edge against ignored pixels included) and B_P* = P & edges(pred), of
+      which B_P = B_P* & V is scored. Precision = share of B_P within Euclidean distance theta =
+      ``bf_tolerance`` * D of B_G; recall = share of B_G within theta of B_P* (a boundary the
+      prediction draws through an ignored region may be the partner of the label's edge beside it:
+      ISPRS's eroded boundaries). Neither set is ever made by the ignore value on the prediction
+      side, so an ignore band cannot create matching boundaries on both sides. A ratio over an empty
+      set is 1, so F1 = 2PR / (P + R) is 1 when there are no boundaries on either side and 0 when
+      the label has some the prediction never comes near (e.g. a one-class prediction).
+      The image score is the mean F1 over the classes present in its valid target (minus
+      ``exclude``); ``mBFscore`` is the mean over images (per-image averaging, MATLAB ``bfscore``),
+      ``BFscore[c]`` the mean F1 over the images whose valid target contains c.
+    - BIoU: bands G_d = :func:`boundary_band` (G, d) & V and P_d = :func:`boundary_band` (P, d) & V,
+      d = max(1, round(``biou_dilation`` * D)): the band is taken on the raw mask first (G's band
+      runs along ignore borders, P's along the prediction's own contour, also through ignored
+      pixels), then its pixels on ignored pixels are dropped. |G_d & P_d| and |G_d | P_d| are summed
+      over the dataset per class, ``BIoU[c]`` = their ratio (NaN when the union is empty) and
+      ``mBIoU`` the NaN-skipping mean over classes not excluded.
 
     Args:
         num_classes: K.
@@ -487,6 +501,9 @@ class BoundaryMetrics:
         biou_dilation: d as a fraction of the image diagonal (2 %).
         exclude: class indices left out of the image / class means.
         device: where the sums live.
+
+    Raises:
+        ValueError: ``num_classes < 1`` or a negative tolerance.
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255, bf_tolerance: float = 0.0075,
@@ -501,6 +518,9 @@ class BoundaryMetrics:
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add images: ``pred`` and ``target`` ``(B, H, W)`` (or ``(H, W)``) integer class maps.
+
+        ``pred`` holds classes in ``[0, K)``, ``target`` classes or ``ignore_index`` (any other target
+        value is valid but of no class).
 
         Raises:
             ValueError: shapes differ.
@@ -521,24 +541,23 @@ class BoundaryMetrics:
         stats = np.zeros((4, K))  # BF sum, images, BIoU intersection, union
         img_sum = img_n = 0.0
         for t, p in zip(targets, preds, strict=True):
-            valid = t != self.ignore_index
-            t = np.where(valid & (t >= 0) & (t < K), t, -1)  # (H, W), -1 = no class
-            p = np.where(valid, p, -1)  # the prediction has no class on ignore pixels either
-            in_gt = np.bincount(t[t >= 0], minlength=K)[:K] > 0
-            cls = np.flatnonzero(in_gt | (np.bincount(p[p >= 0], minlength=K)[:K] > 0))
+            valid = t != self.ignore_index  # (H, W); t and p stay as they are, in_gt / in_pred are (K,)
+            in_gt, in_pred = (np.bincount(x[valid & (x >= 0) & (x < K)], minlength=K) > 0 for x in (t, p))
+            cls = np.flatnonzero(in_gt | in_pred)
             if cls.size == 0:
                 continue
             n, ids = cls.size, cls[:, None, None]
             masks = np.concatenate([t[None] == ids, p[None] == ids])  # (2n, H, W) G then P per class
-            bnd = masks & np.concatenate([np.broadcast_to(_edges(t), (n, H, W)), np.broadcast_to(_edges(p), (n, H, W))])
-            near = within_distance(torch.from_numpy(bnd), theta).numpy()  # (2n, H, W) within theta of B_G / B_P
+            edges = np.concatenate([np.broadcast_to(_edges(x), (n, H, W)) for x in (t, p)])  # (2n, H, W)
+            raw = masks & edges  # (2n, H, W) every boundary pixel; the target's lie on valid pixels already
+            bnd = raw & valid  # (2n, H, W) B_G then B_P: predicted boundary pixels on ignored targets dropped
+            near = within_distance(torch.from_numpy(raw), theta).numpy()  # (2n, H, W) within theta of each set
             count = lambda x: np.count_nonzero(x, axis=(1, 2)).astype(np.float64)  # noqa: E731
             n_g, n_q = count(bnd[:n]), count(bnd[n:])
-            prec = count(bnd[n:] & near[:n]) / np.maximum(n_q, 1)
-            rec = count(bnd[:n] & near[n:]) / np.maximum(n_g, 1)
+            prec = np.where(n_q > 0, count(bnd[n:] & near[:n]) / np.maximum(n_q, 1), 1.0)  # empty set: 1
+            rec = np.where(n_g > 0, count(bnd[:n] & near[n:]) / np.maximum(n_g, 1), 1.0)
             f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0)
-            f1 = np.where((n_g == 0) & (n_q == 0), 1.0, np.where((n_g == 0) | (n_q == 0), 0.0, f1))
-            band = boundary_band(torch.from_numpy(masks), d).numpy()  # (2n, H, W)
+            band = boundary_band(torch.from_numpy(masks), d).numpy() & valid  # (2n, H, W) G_d then P_d
             gt = in_gt[cls]
             stats[:, cls] += [f1 * gt, gt, count(band[:n] & band[n:]), count(band[:n] | band[n:])]
             scored = gt & keep[cls]
