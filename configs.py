@@ -26,6 +26,8 @@ class DataConfig:
     ignore_index: int = 255  # label value excluded from loss and metrics
     reduce_zero_label: bool = False  # raw 0 -> ignore, v -> v-1 (set by named datasets)
     label_map: dict = field(default_factory=dict)  # {raw value: class index}, after reduce_zero_label
+    label_encoding: str = "auto"  # NWPU/Folder labels: "auto", "one_based" (1..C, 0 ignore), "zero_based", "colour"
+    image_mode: str = ""  # Pillow images: "" as stored, "RGB"/"L" to convert (.tif/.npy are never converted)
     train_split: str = "train"
     val_split: str = "val"
     train_pipeline: list = field(default_factory=list)  # iceseg.transforms specs, e.g. {"type": "RandomFlip"}

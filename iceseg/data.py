@@ -1,14 +1,18 @@
 """Segmentation datasets: image/label folders paired by file stem, and the named datasets.
 
-Images: RGB ``.jpg/.jpeg/.png/.bmp`` (Pillow, EXIF orientation applied as OpenCV/mmcv do),
-multi-band ``.tif/.tiff`` (tifffile) and ``.npy`` rasters ``(H, W, C)``.
+Images: ``.jpg/.jpeg/.png/.bmp`` (Pillow, read in their stored mode, EXIF orientation applied as
+OpenCV/mmcv do; ``data.image_mode`` converts), multi-band ``.tif/.tiff`` (tifffile; the band axis
+is the one the file declares) and ``.npy`` rasters ``(H, W, C)``; see :func:`read_image`.
 Labels: single-channel index maps (``.png/.tif/.tiff/.npy``) or RGB colour PNGs decoded through a
 palette (``class_dict.csv``: ``name,r,g,b``). Label processing follows mmseg's
 ``LoadAnnotations``: ``reduce_zero_label`` (0 -> ignore, v -> v-1) first, then ``label_map``.
 
 Named datasets (``DATASETS``):
 - ``NWPU_YRCC2``: river ice, 4 classes, ``train/ train_labels/ val/ val_labels/ [test/ test_labels/]``,
-  raw label values 1..4 with 0 = unlabelled (``reduce_zero_label``), spec icesegnet.md §6.1.
+  raw label values 1..4 with 0 = unlabelled, spec icesegnet.md §6.1. The encoding is never assumed
+  (§8.7): ``data.label_encoding`` "auto" reads the labels of every split once and picks the one of
+  one_based (1..C, 0 = unlabelled), zero_based (0..C-1, 255 = unlabelled) or colour (RGB matched to
+  the class names through ``class_dict.csv``) that fits every value; ambiguity is an error.
 - ``NWPU_YRCC_EX``: 3 classes, same layout, also ``trainannot/ valannot/ testannot/`` (§6.2).
 - ``Glacier``: ``masked_<id>.npy`` (H, W, 5) + ``<id>.tif`` masks (0/1 or 0/255) in one folder,
   with a seeded 80/20 split equal to the seed's ``train_test_split(random_state=42)`` on the sorted
@@ -51,8 +55,13 @@ NWPU_HELP = (
 TIFF_DAMAGE = ("offset", "reshape", "ByteCounts", "StripOffsets", "tag list", "circular reference")
 
 
-def _read_tiff(path: Path) -> np.ndarray:
-    """``tifffile.imread``, raising on damage tifffile only logs (a truncated file's bad page offsets).
+def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
+    """Read the first series of a TIFF with tifffile, raising on damage tifffile only logs.
+
+    Returns:
+        ``(array, axes)``: the series as stored and its tifffile axes string, e.g. ``"YX"``,
+        ``"YXS"`` (samples last: planar configuration contig), ``"SYX"`` (planar configuration
+        separate) or ``"QYX"``/``"IYX"`` (a stack of single-band pages).
 
     Raises:
         ValueError: tifffile logged a structural problem (any message containing a word of
@@ -67,17 +76,22 @@ def _read_tiff(path: Path) -> np.ndarray:
     handler.emit = lambda rec: problems.append(rec.getMessage())
     logging.getLogger("tifffile").addHandler(handler)
     try:
-        arr = tifffile.imread(path)
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            arr, axes = series.asarray(), series.axes
     finally:
         logging.getLogger("tifffile").removeHandler(handler)
     damage = [m for m in problems if any(w in m for w in TIFF_DAMAGE)]
     if damage:
         raise ValueError(f"truncated or corrupt TIFF: {damage[0]}")
-    return arr
+    return arr, axes
 
 
-def _load_array(path: Path, what: str, pil_convert) -> np.ndarray:
-    """Read ``.npy`` (no pickles), ``.tif/.tiff`` (tifffile) or a Pillow image (after ``pil_convert``).
+def _load_array(path: Path, what: str, pil_read) -> tuple[np.ndarray, str]:
+    """Read ``.npy`` (no pickles), ``.tif/.tiff`` (tifffile) or a Pillow image (through ``pil_read``).
+
+    Returns:
+        ``(array, layout)``: layout is ``"npy"``, the TIFF series axes, or the Pillow mode as stored.
 
     Raises:
         ValueError: the file cannot be read, naming it and ``what`` it was meant to be.
@@ -85,37 +99,101 @@ def _load_array(path: Path, what: str, pil_convert) -> np.ndarray:
     try:
         ext = path.suffix.lower()
         if ext == ".npy":
-            return np.load(path, allow_pickle=False)
+            return np.load(path, allow_pickle=False), "npy"
         if ext in (".tif", ".tiff"):
             return _read_tiff(path)
         with Image.open(path) as im:
-            return np.asarray(pil_convert(im))
+            return np.asarray(pil_read(im)), im.mode
     except Exception as e:
         raise ValueError(f"{path}: unreadable or corrupt {what} ({type(e).__name__}: {e})") from e
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image or raster as ``(H, W, C)``.
+IMAGE_MODES = ("", "RGB", "L")
+
+
+def read_image(path: str | Path, in_channels: int | None = None, image_mode: str = "") -> np.ndarray:
+    """Read an image or raster as ``(H, W, C)``, following the layout the file declares (no guessing).
+
+    Layouts: ``.npy`` is always ``(H, W, C)`` (2-D: ``(H, W, 1)``), never transposed. ``.tif/.tiff``
+    follows tifffile's series axes: samples last (``...S``, planar configuration contig) is
+    ``(H, W, C)``; planar-separate ``SYX`` or a stack of single-band pages (``QYX``, ``IYX``, ...;
+    what ``tifffile.imwrite`` writes for a ``(C, H, W)`` array) is ``(C, H, W)`` and is transposed;
+    ``YX`` is ``(H, W, 1)``. Pillow images (``.jpg/.jpeg/.png/.bmp``) are read as stored, EXIF
+    orientation applied: mode L -> ``(H, W, 1)``, RGB -> 3 bands, RGBA -> 4, palette ``P`` decoded
+    to RGB (RGBA when it has transparency); they are converted only when ``image_mode`` says so.
 
     Args:
-        path: ``.jpg/.jpeg/.png/.bmp`` (converted to RGB uint8, EXIF orientation applied),
-            ``.tif/.tiff`` (tifffile; ``(C, H, W)`` with C <= 32 < H, W is transposed) or ``.npy``.
+        path: image file.
+        in_channels: expected band count C; None skips the check.
+        image_mode: Pillow files only: ``""`` as stored, ``"RGB"`` or ``"L"`` (``Image.convert``).
 
     Returns:
-        ``(H, W, C)`` array, dtype as stored (uint8 for RGB files).
+        ``(H, W, C)`` array, dtype as stored (uint8 for Pillow images).
 
     Raises:
-        ValueError: unreadable/corrupt file, or not 2-D/3-D, naming the file.
+        ValueError: unknown ``image_mode``; unreadable/corrupt file; not 2-D/3-D or TIFF axes that
+            are not a raster; C differs from ``in_channels`` (the message names the file, the stored
+            shape, the ``(H, W, C)`` reading and, for Pillow images, the ``image_mode`` that converts).
     """
     path = Path(path)
-    arr = _load_array(path, "image", lambda im: ImageOps.exif_transpose(im).convert("RGB"))
+    if image_mode not in IMAGE_MODES:
+        raise ValueError(f"data.image_mode must be '', 'RGB' or 'L', not {image_mode!r}")
+
+    def pil_read(im):
+        im = ImageOps.exif_transpose(im)
+        if image_mode:
+            return im.convert(image_mode)
+        return im.convert("RGBA" if "transparency" in im.info else "RGB") if im.mode == "P" else im
+
+    arr, layout = _load_array(path, "image", pil_read)
+    kind = "npy" if layout == "npy" else "tif" if path.suffix.lower() in (".tif", ".tiff") else "pil"
+    stored = arr.shape
     if arr.ndim == 2:
-        arr = arr[:, :, None]  # (H, W, 1)
-    elif arr.ndim == 3 and arr.shape[0] <= 32 and min(arr.shape[1:]) > 32:
+        arr = arr[:, :, None]  # (H, W) -> (H, W, 1)
+    elif kind == "tif" and arr.ndim == 3 and layout.endswith("YX"):
         arr = arr.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
+    elif kind == "tif" and arr.ndim == 3 and not layout.endswith("S"):
+        raise ValueError(f"{path}: TIFF series with axes {layout} and shape {stored} is not a (Y, X[, band]) raster")
     if arr.ndim != 3:
-        raise ValueError(f"{path}: expected a 2-D or 3-D image, got shape {arr.shape}")
+        raise ValueError(f"{path}: expected a 2-D or 3-D image, got shape {stored}"
+                         + (f" (TIFF axes {layout})" if kind == "tif" else ""))
+    if in_channels is not None and arr.shape[2] != in_channels:
+        if kind == "npy":
+            how = ".npy rasters are (H, W, C), never transposed"
+        elif kind == "tif":
+            how = (f"TIFF axes {layout}: samples last (...S) is (H, W, C), planar or a page stack (...YX) is "
+                   "(C, H, W); write (H, W, C) with photometric='minisblack', planarconfig='contig'")
+        else:
+            fix = {3: "RGB", 1: "L"}.get(in_channels)
+            how = (f"Pillow mode {layout}" + (f" converted to {image_mode}" if image_mode else " as stored")
+                   + (f"; --data.image_mode={fix} converts" if fix and fix != image_mode
+                      else "; no data.image_mode gives that band count"))
+        raise ValueError(f"{path}: has {arr.shape[2]} channels, the config expects {in_channels} (data.in_channels); "
+                         f"stored shape {stored} read as (H, W, C) = {arr.shape} ({how})")
     return arr
+
+
+def _raw_label(path: Path) -> np.ndarray:
+    """Read a label file as stored: ``(H, W)`` integer values, or ``(H, W, 3)`` uint8 RGB (RGBA drops alpha).
+
+    Raises:
+        ValueError: unreadable file, not a 2-D map or 3-channel image, or non-integer values.
+    """
+    arr, _ = _load_array(path, "label", lambda im: im.convert("RGB") if im.mode == "RGBA" else im)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]  # (H, W, 1) -> (H, W)
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        return arr
+    if arr.ndim != 2:
+        raise ValueError(f"{path}: expected a 2-D label map, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer) and not np.all(np.mod(arr, 1) == 0):
+        raise ValueError(f"{path}: label has non-integer values (dtype {arr.dtype})")
+    return arr
+
+
+def _is_grey(rgb: np.ndarray) -> bool:
+    """True when an ``(H, W, 3)`` image has R == G == B everywhere (grey values stored as RGB)."""
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all())
 
 
 def read_label(path: str | Path, palette: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
@@ -128,27 +206,20 @@ def read_label(path: str | Path, palette: np.ndarray | None = None) -> tuple[np.
 
     Returns:
         ``(label, from_colour)``: ``(H, W)`` int64 raw values, and True when they were decoded
-        from colours (then they are already class indices).
+        from colours (then they are palette row indices).
 
     Raises:
         ValueError: unreadable file, a colour label without palette, a colour not in the
             palette (the message lists a few offending colours), or non-integer values.
     """
     path = Path(path)
-    arr = _load_array(path, "label", lambda im: im.convert("RGB") if im.mode == "RGBA" else im)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]  # (H, W, 1) -> (H, W)
-    if arr.ndim == 3 and arr.shape[-1] == 3:
+    arr = _raw_label(path)
+    if arr.ndim == 3:
         if palette is not None:
             return decode_colour_label(arr, palette, path), True
-        if (arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all():
-            arr = arr[..., 0]  # grey values stored as RGB
-        else:
+        if not _is_grey(arr):
             raise ValueError(f"{path}: colour label but no palette (give the dataset a class_dict.csv)")
-    if arr.ndim != 2:
-        raise ValueError(f"{path}: expected a 2-D label map, got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.integer) and not np.all(np.mod(arr, 1) == 0):
-        raise ValueError(f"{path}: label has non-integer values (dtype {arr.dtype})")
+        arr = arr[..., 0]  # grey values stored as RGB
     return arr.astype(np.int64), False
 
 
@@ -185,6 +256,162 @@ def read_class_dict(path: str | Path) -> tuple[list[str], np.ndarray]:
     except ValueError as e:
         raise ValueError(f"{path}: bad colour value ({e})") from e
     return names, palette
+
+
+# --------------------------------------------------------------------------- label encodings (spec icesegnet.md §8.7)
+
+LABEL_ENCODINGS = ("one_based", "zero_based", "colour")
+VOID_NAMES = ("void", "unlabelled", "unlabeled", "ignore")
+
+
+def _name_key(name: str) -> str:
+    """Class-name key for matching: case-insensitive, '_' equals ' ', surrounding/repeated blanks dropped."""
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+def _fmt(values) -> str:
+    """A value list for messages, shortened beyond 12 entries."""
+    v = [int(x) for x in values]
+    return str(v) if len(v) <= 12 else f"[{', '.join(map(str, v[:6]))}, ..., {v[-1]}] ({len(v)} values)"
+
+
+def class_dict_palette(path: str | Path, classes, ignore_index: int = 255) -> tuple[np.ndarray, dict]:
+    """Match a ``class_dict.csv`` to a dataset's class names and reorder its palette into class order.
+
+    Names match case-insensitively, with ``_`` and blanks alike. Rows named void / unlabelled /
+    unlabeled / ignore are appended after the classes and map to ``ignore_index``.
+
+    Args:
+        path: ``class_dict.csv`` (``name,r,g,b`` with a header).
+        classes: the dataset's class names in index order (C names).
+
+    Returns:
+        ``(palette, void_map)``: ``(C + V, 3)`` int64 RGB with row c the colour of ``classes[c]``
+        (then the V void rows), and ``{C + j: ignore_index}`` for the void rows (a ``label_map``).
+
+    Raises:
+        FileNotFoundError: no ``path``.
+        ValueError: a malformed csv, a name listed twice, or a class missing from / extra in the
+            csv (the message lists the missing and extra names and the expected names).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; colour labels need a class_dict.csv with rows name,r,g,b "
+                                f"for the classes {list(classes)}")
+    names, colours = read_class_dict(path)
+    rows: dict[str, int] = {}
+    for i, n in enumerate(names):
+        if _name_key(n) in rows:
+            raise ValueError(f"{path}: class name {n.strip()!r} is listed twice")
+        rows[_name_key(n)] = i
+    wanted = {_name_key(c) for c in classes}
+    missing = [c for c in classes if _name_key(c) not in rows]
+    extra = [names[i].strip() for k, i in rows.items() if k not in wanted and k not in VOID_NAMES]
+    if missing or extra:
+        raise ValueError(f"{path}: class names do not match the dataset: missing {missing}, extra {extra}; expected "
+                         f"{list(classes)} (matched by name, any case and row order; rows named "
+                         f"{'/'.join(VOID_NAMES)} map to ignore)")
+    void = [i for k, i in rows.items() if k in VOID_NAMES]
+    order = [rows[_name_key(c)] for c in classes] + void
+    return colours[order], {len(classes) + j: ignore_index for j in range(len(void))}
+
+
+def remap_label(label: np.ndarray, reduce_zero_label: bool, label_map: dict) -> np.ndarray:
+    """Apply ``reduce_zero_label`` (0 -> 255, v -> v-1, 255 stays 255; mmseg) and then ``label_map``.
+
+    Args:
+        label: int64 raw values, any shape (a label map or a list of unique values).
+        reduce_zero_label: shift 1-based values to 0-based.
+        label_map: ``{value after the shift: class}``.
+
+    Returns:
+        int64 array of the same shape.
+    """
+    if reduce_zero_label:
+        label = np.where(label == 0, 255, label - 1)
+        label[label == 254] = 255
+    if label_map:
+        out = label.copy()
+        for raw, new in label_map.items():
+            out[label == raw] = new
+        label = out
+    return label
+
+
+def label_mapping_note(encoding: str, num_classes: int, ignore_index: int = 255, label_map: dict | None = None) -> str:
+    """One-line description of an encoding of ``LABEL_ENCODINGS``, e.g. ``"raw 1..4 -> classes 0..3, raw 0 ->
+    ignore 255"`` (then the ``label_map``), for logs and error messages."""
+    c = num_classes - 1
+    note = {"one_based": f"raw 1..{c + 1} -> classes 0..{c}, raw 0 -> ignore 255",
+            "zero_based": f"raw 0..{c} -> classes 0..{c}, raw {ignore_index} -> ignore",
+            "colour": f"class_dict.csv colours -> classes 0..{c} by name, void rows -> ignore {ignore_index}"}[encoding]
+    return note + (f", then label_map {label_map}" + (" (keys after the shift)" if encoding == "one_based" else "")
+                   if label_map else "")
+
+
+def detect_label_encoding(ann_paths, num_classes: int, ignore_index: int = 255, label_map: dict | None = None) -> str:
+    """Choose the label encoding of a split from its files (spec icesegnet.md §8.7: no blind -1 shift).
+
+    Reads every label once: 3-channel labels with a non-grey pixel are colour labels; otherwise the
+    union of the raw values decides. ``one_based`` (raw 1..C, 0 = unlabelled) or ``zero_based``
+    (raw 0..C-1, ``ignore_index`` = unlabelled) is chosen when it is the only one under which every
+    value, after ``label_map``, is a class 0..C-1 or ignore (e.g. raw C present: one_based).
+    Without a ``label_map`` every value zero_based accepts one_based accepts too, so a 0-based map
+    (0..C-1) is never chosen silently: it stops with the ambiguity error and its override.
+
+    Args:
+        ann_paths: label files (every split of the dataset, so that all splits share one encoding).
+        num_classes: C.
+        ignore_index: the ignore value (255).
+        label_map: ``{value after the shift: class}``, applied after the shift as in the dataset.
+
+    Returns:
+        ``"one_based"``, ``"zero_based"`` or ``"colour"``.
+
+    Raises:
+        ValueError: one line naming a label file: colour and single-channel labels mixed; values
+            that fit both encodings (e.g. 0..3 for 4 classes: one_based would ignore raw 0 and
+            leave class 3 empty) or neither; it gives the values, each encoding's meaning and the
+            ``--data.label_encoding`` override.
+    """
+    first: dict[int, Path] = {}  # raw value -> first label file holding it
+    colour = index = None  # first colour / first single-channel label file
+    for p in map(Path, ann_paths):
+        arr = _raw_label(p)  # (H, W) or (H, W, 3)
+        if arr.ndim == 3 and not _is_grey(arr):
+            colour = colour or p
+            continue
+        index = index or (p if arr.ndim == 2 else None)
+        arr = arr[..., 0] if arr.ndim == 3 else arr  # grey values stored as RGB: (H, W, 3) -> (H, W)
+        values = np.flatnonzero(np.bincount(arr.ravel())) if arr.dtype in (np.uint8, np.uint16) else np.unique(arr)
+        for v in values.tolist():
+            first.setdefault(int(v), p)
+    if colour and index:
+        raise ValueError(f"{colour}: colour label, but {index} is a single-channel index map (labels must be one kind)")
+    if colour:
+        return "colour"
+    C, label_map = num_classes, label_map or {}
+    values = np.array(sorted(first), dtype=np.int64)
+    mapped = {enc: remap_label(values, enc == "one_based", label_map) for enc in ("one_based", "zero_based")}
+    bad = {enc: values[((m < 0) | (m >= C)) & (m != ignore_index)] for enc, m in mapped.items()}
+    fits = [enc for enc, b in bad.items() if not b.size]
+    if len(fits) == 1:
+        return fits[0]
+    notes = {enc: label_mapping_note(enc, C, ignore_index, label_map) for enc in mapped}
+    if not fits:
+        where = first[int(bad["one_based"][-1])]
+        raise ValueError(f"{where}: label values {_fmt(np.union1d(*bad.values()))} (raw) outside the class set "
+                         f"0..{C - 1} and ignore {ignore_index} under every label encoding (values found "
+                         f"{_fmt(values)}): one_based ({notes['one_based']}) leaves {_fmt(bad['one_based'])}, "
+                         f"zero_based ({notes['zero_based']}) leaves {_fmt(bad['zero_based'])}; check "
+                         f"data.num_classes and data.label_map")
+    empty = {enc: sorted(set(range(C)) - set(m.tolist())) for enc, m in mapped.items()}
+    meaning = "; ".join(f"{enc}: {notes[enc]}" + (f", so classes {_fmt(empty[enc])} stay empty" if empty[enc] else "")
+                        for enc in mapped)
+    deciding = 0 if 0 in first else max(first, default=0)
+    raise ValueError(f"{first.get(deciding, index)}: label values {_fmt(values)} (this file holds raw {deciding}) fit "
+                     f"two label encodings of the {C} classes ({meaning}); set --data.label_encoding=zero_based "
+                     f"or --data.label_encoding=one_based")
 
 
 # --------------------------------------------------------------------------- dataset
@@ -242,27 +469,50 @@ class SegDataset(torch.utils.data.Dataset):
         num_classes: valid label values after decoding are ``0..num_classes-1`` and ``ignore_index``.
         in_channels: required image band count.
         ignore_index: label value excluded from loss and metrics (default 255).
-        reduce_zero_label: raw 0 -> ignore, v -> v-1 (mmseg).
+        reduce_zero_label: raw 0 -> ignore, v -> v-1 (mmseg), for index labels.
         label_map: ``{raw: class}`` applied after ``reduce_zero_label``.
         palette: ``(K, 3)`` RGB colours for colour-coded labels.
         binary_mask: labels are 0/1 or 0/255 masks mapped to {0, 1} (the glacier masks).
         pipeline: transform specs (``iceseg.transforms.build_transforms``).
         seed: base seed; sample ``i`` in epoch ``e`` draws from ``default_rng([seed, e, i])``.
+        label_encoding: one of ``LABEL_ENCODINGS`` (it sets ``reduce_zero_label``; ``"colour"``
+            also makes a single-channel label an error), or ``""``: per file, index labels follow
+            ``reduce_zero_label`` and 3-channel labels the palette (the aerial datasets).
+        image_mode: Pillow images: ``""`` as stored, ``"RGB"``/``"L"`` converted (:func:`read_image`).
 
-    ``__getitem__`` returns ``{"img": (C, H, W) float32, "label": (H, W) int64 (ignore = 255;
-    all ignore when there is no label), "name": file stem}``.
+    ``label_encoding`` and ``label_mapping_note`` (one line, e.g. ``"raw 1..4 -> classes 0..3, raw 0
+    -> ignore 255"``) record the decoding. ``__getitem__`` returns ``{"img": (C, H, W) float32,
+    "label": (H, W) int64 (ignore = 255; all ignore when there is no label), "name": file stem}``.
+
+    Raises:
+        ValueError: no pairs, or an unknown ``label_encoding``.
     """
 
     def __init__(self, pairs, num_classes: int, in_channels: int, ignore_index: int = 255,
                  reduce_zero_label: bool = False, label_map: dict | None = None, palette=None,
-                 binary_mask: bool = False, pipeline: list | None = None, seed: int = 0):
+                 binary_mask: bool = False, pipeline: list | None = None, seed: int = 0,
+                 label_encoding: str = "", image_mode: str = ""):
         self.pairs = list(pairs)
         if not self.pairs:
             raise ValueError("dataset is empty")
+        if label_encoding and label_encoding not in LABEL_ENCODINGS:
+            raise ValueError(f"data.label_encoding must be 'auto' or one of {', '.join(LABEL_ENCODINGS)}, "
+                             f"not {label_encoding!r}")
+        if label_encoding:
+            reduce_zero_label = label_encoding == "one_based"
         self.num_classes, self.in_channels, self.ignore_index = num_classes, in_channels, ignore_index
         self.reduce_zero_label, self.binary_mask = reduce_zero_label, binary_mask
+        self.label_encoding, self.image_mode = label_encoding, image_mode
         self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
         self.palette = None if palette is None else np.asarray(palette)
+        if binary_mask:
+            self.label_mapping_note = "mask 0/1 or 0/255 -> classes 0/1"
+        elif label_encoding:
+            self.label_mapping_note = label_mapping_note(label_encoding, num_classes, ignore_index, label_map)
+        else:
+            self.label_mapping_note = (label_mapping_note("one_based" if reduce_zero_label else "zero_based",
+                                                          num_classes, ignore_index, label_map)
+                                       + ("; colour labels: palette row -> class" if palette is not None else ""))
         self.transform = build_transforms(pipeline or [])
         self.seed, self.epoch = seed, 0
 
@@ -276,9 +526,7 @@ class SegDataset(torch.utils.data.Dataset):
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Read and check pair ``i`` before augmentation: ``(H, W, C)`` image, ``(H, W)`` int64 label."""
         img_path, ann_path = self.pairs[i]
-        img = read_image(img_path)
-        if img.shape[2] != self.in_channels:
-            raise ValueError(f"{img_path}: has {img.shape[2]} channels, the config expects {self.in_channels}")
+        img = read_image(img_path, self.in_channels, self.image_mode)
         if ann_path is None:
             return img, None
         label, from_colour = read_label(ann_path, self.palette)
@@ -288,7 +536,18 @@ class SegDataset(torch.utils.data.Dataset):
         return img, self.decode_label(label, ann_path, from_colour)
 
     def decode_label(self, label: np.ndarray, path, from_colour: bool = False) -> np.ndarray:
-        """Apply mask binarisation / ``reduce_zero_label`` (index labels only) / ``label_map``, check values."""
+        """Apply mask binarisation / ``reduce_zero_label`` (index labels only) / ``label_map``, check values.
+
+        Args:
+            label: ``(H, W)`` int64 raw values (palette rows when ``from_colour``).
+
+        Returns:
+            ``(H, W)`` int64 classes 0..num_classes-1 or ``ignore_index``.
+
+        Raises:
+            ValueError: naming ``path``: a value outside the class set, bad mask values, or an index
+                label under ``label_encoding="colour"``.
+        """
         values = np.unique(label)
         if self.binary_mask:
             if set(values.tolist()) <= {0, 1}:
@@ -296,15 +555,11 @@ class SegDataset(torch.utils.data.Dataset):
             if set(values.tolist()) <= {0, 255}:
                 return (label > 127).astype(np.int64)
             raise ValueError(f"{path}: mask values {values[:8].tolist()} are neither 0/1 nor 0/255")
+        if self.label_encoding == "colour" and not from_colour:
+            raise ValueError(f"{path}: single-channel label, but data.label_encoding is 'colour' (RGB labels "
+                             f"decoded through class_dict.csv)")
         reduce = self.reduce_zero_label and not from_colour
-        if reduce:
-            label = np.where(label == 0, 255, label - 1)
-            label[label == 254] = 255
-        if self.label_map:
-            out = label.copy()
-            for raw, new in self.label_map.items():
-                out[label == raw] = new
-            label = out
+        label = remap_label(label, reduce, self.label_map)
         values = np.unique(label)
         bad = values[((values < 0) | (values >= self.num_classes)) & (values != self.ignore_index)]
         if bad.size:
@@ -337,16 +592,23 @@ def _nwpu(cfg, split: str, pipeline: list, seed: int, classes, ann_alts: tuple) 
             + NWPU_HELP)
     ann = next((root / f"{split}{alt}" for alt in ann_alts if (root / f"{split}{alt}").is_dir()),
                root / f"{split}{ann_alts[0]}")
-    palette = None  # RGB colour labels (the original NWPU release) decode through class_dict.csv
-    if (root / "class_dict.csv").is_file():
-        _, palette = read_class_dict(root / "class_dict.csv")
-    return SegDataset(pair_by_stem(root / split, ann), num_classes=len(classes), in_channels=cfg.in_channels,
-                      ignore_index=cfg.ignore_index, reduce_zero_label=True, label_map=cfg.label_map,
-                      palette=palette, pipeline=pipeline, seed=seed)
+    pairs = pair_by_stem(root / split, ann)
+    encoding = cfg.label_encoding
+    if encoding == "auto":  # one encoding for the dataset: decided from the labels of all its splits
+        folders = {root / f"{s}{alt}" for s in ("train", "val", "test") for alt in ann_alts} | {ann}
+        files = sorted(p for d in folders if d.is_dir() for p in d.iterdir() if p.suffix.lower() in LABEL_EXTS)
+        encoding = detect_label_encoding(files, len(classes), cfg.ignore_index, cfg.label_map)
+    palette, void_map = None, {}  # RGB colour labels (the original NWPU release) decode through class_dict.csv
+    if encoding == "colour":
+        palette, void_map = class_dict_palette(root / "class_dict.csv", classes, cfg.ignore_index)
+    return SegDataset(pairs, num_classes=len(classes), in_channels=cfg.in_channels, ignore_index=cfg.ignore_index,
+                      label_map={**void_map, **cfg.label_map}, palette=palette, pipeline=pipeline, seed=seed,
+                      label_encoding=encoding, image_mode=cfg.image_mode)
 
 
 def nwpu_yrcc2(cfg, split, pipeline, seed=0) -> SegDataset:
-    """NWPU_YRCC2 (4 classes): 1-based index labels (0 ignored), or RGB colours via ``class_dict.csv``."""
+    """NWPU_YRCC2 (4 classes): 1-based index labels (0 ignored), 0-based ones, or RGB colours via
+    ``class_dict.csv``, as ``cfg.label_encoding`` says or as detected (:func:`detect_label_encoding`)."""
     return _nwpu(cfg, split, pipeline, seed, NWPU_YRCC2_CLASSES, ("_labels",))
 
 
@@ -406,17 +668,28 @@ def glacier(cfg, split, pipeline, seed=0) -> SegDataset:
     if not chosen:
         raise ValueError(f"{root}: the {split} split is empty ({len(pairs)} tiles, val_fraction {cfg.val_fraction})")
     return SegDataset(chosen, num_classes=2, in_channels=cfg.in_channels, binary_mask=True, pipeline=pipeline,
-                      seed=seed)
+                      seed=seed, image_mode=cfg.image_mode)
 
 
 def folder(cfg, split, pipeline, seed=0) -> SegDataset:
-    """Generic ``<root>/<split>`` + ``<root>/<split>_labels`` pairs (optional ``class_dict.csv``)."""
+    """Generic ``<root>/<split>`` + ``<root>/<split>_labels`` pairs (optional ``class_dict.csv``).
+
+    ``cfg.label_encoding`` "auto" keeps the per-file rule (index labels follow ``cfg.reduce_zero_label``,
+    colour labels the csv rows in order; nothing is detected); "one_based"/"zero_based" decode index
+    labels only; "colour" needs colour labels and the csv (rows in class order: a folder has no names).
+    """
     root = Path(cfg.root)
-    palette = read_class_dict(root / "class_dict.csv")[1] if (root / "class_dict.csv").is_file() else None
+    encoding = "" if cfg.label_encoding == "auto" else cfg.label_encoding
+    csv_path = root / "class_dict.csv"
+    palette = None
+    if encoding == "colour" or (not encoding and csv_path.is_file()):
+        if not csv_path.is_file():
+            raise FileNotFoundError(f"{csv_path}: not found; data.label_encoding 'colour' needs rows name,r,g,b")
+        palette = read_class_dict(csv_path)[1]
     return SegDataset(pair_by_stem(root / split, root / f"{split}_labels"), num_classes=cfg.num_classes,
                       in_channels=cfg.in_channels, ignore_index=cfg.ignore_index,
                       reduce_zero_label=cfg.reduce_zero_label, label_map=cfg.label_map, palette=palette,
-                      pipeline=pipeline, seed=seed)
+                      pipeline=pipeline, seed=seed, label_encoding=encoding, image_mode=cfg.image_mode)
 
 
 def autoice(cfg, split, pipeline, seed=0):
@@ -498,7 +771,7 @@ def _aerial_dataset(cfg, split, pipeline, seed, classes, official, layout: str, 
     return NamedSegDataset(pairs, names, num_classes=len(classes), in_channels=cfg.in_channels,
                            ignore_index=cfg.ignore_index, reduce_zero_label=True,
                            label_map={**(extra_map or {}), **cfg.label_map}, palette=palette, pipeline=pipeline,
-                           seed=seed)
+                           seed=seed, image_mode=cfg.image_mode)
 
 
 def _loveda_official(root: Path, split: str) -> list:
