@@ -74,7 +74,8 @@ class OptimConfig:
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-8
     momentum: float = 0.9  # sgd only
-    no_decay: list = field(default_factory=list)  # name substrings without weight decay (e.g. "norm", "bias")
+    no_decay: list = field(default_factory=list)  # parameter-name substrings without weight decay (e.g. "bias")
+    no_decay_norm: bool = False  # no weight decay on any BatchNorm/SyncBatchNorm/GroupNorm/LayerNorm (by module type)
     lr_mult: dict = field(default_factory=dict)  # {name substring: lr multiplier}, e.g. {"backbone": 0.1}
     clip_grad: float = 0.0  # max global grad norm, 0 = no clipping
     fused: bool = True  # one fused kernel per AdamW/Adam/SGD step (CPU and CUDA); False: torch's default loop
@@ -93,6 +94,8 @@ class ScheduleConfig:
     plateau_threshold: float = 1e-4  # plateau: relative improvement that counts
     plateau_metric: str = ""  # plateau: validation metric to watch, "" = train.best_metric
     plateau_mode: str = ""  # plateau: "max" or "min", "" = train.best_mode
+    plateau_min_lr: float = 0.0  # plateau: lr is never cut below this (torch ReduceLROnPlateau min_lr)
+    plateau_cooldown: int = 0  # plateau: evaluations after a cut during which no new cut is counted
 
 
 @dataclass
@@ -108,9 +111,13 @@ class TrainConfig:
     amp: str = "none"  # "none", "bf16" or "fp16" (fp16 uses a GradScaler)
     best_metric: str = "mIoU"  # metric that selects best.pt and drives the plateau schedule
     best_mode: str = "max"  # "max" or "min"
-    early_stop_patience: int = 0  # stop after this many evaluations without a new best, 0 = never
+    early_stop_patience: int = 0  # stop after this many evaluations without improvement, 0 = never
+    early_stop_metric: str = ""  # validation metric watched by early stopping, "" = best_metric
+    early_stop_mode: str = ""  # "max" or "min", "" = best_mode
+    early_stop_min_delta: float = 0.0  # an improvement must exceed this (absolute) to reset the patience
     resume: bool = True  # continue from work_dir/last.pt when it exists
     sync_bn: bool = True  # convert BatchNorm to SyncBatchNorm on CUDA with world size > 1
+    sync_bn_exclude: list = field(default_factory=list)  # module-name prefixes whose BatchNorm stays per process
     compile: bool = False  # torch.compile the model for training, evaluate() and test.py
     channels_last: bool = False  # NHWC weights and activations (train.py and test.py): faster convs on CPU and CUDA
     device: str = "auto"  # "auto", "cpu" or "cuda"
@@ -130,6 +137,7 @@ class EvalConfig:
     size_divisor: int = 1  # pad inputs to a multiple of this before the model (U-Net++: 32)
     tta_scales: list = field(default_factory=lambda: [1.0])  # TTA image scales (used with --tta)
     tta_flips: list = field(default_factory=list)  # TTA flip views: "horizontal", "vertical", "both" (with --tta)
+    tta_scale_base: str = "original"  # TTA scales multiply the "original" image size (mmseg) or the "resized" one
     class_names: list = field(default_factory=list)  # for tables and legends
     palette: list = field(default_factory=list)  # RGB per class for --show-dir
     submission: str = ""  # autoice: write the challenge submission NetCDF here ("" = none)
@@ -317,8 +325,8 @@ def demo() -> Config:
                             aux_channels=32)
     cfg.optim.lr, cfg.optim.weight_decay = 1e-3, 0.01  # from scratch: higher lr than the fine-tuning recipe
     cfg.schedule = ScheduleConfig(name="cosine", warmup_iters=20, min_lr=1e-5)
-    cfg.train = TrainConfig(work_dir="work_dirs/demo", max_iters=300, val_interval=100,
-                            ckpt_interval=100, log_interval=10, best_metric="mIoU")
+    cfg.train = TrainConfig(work_dir="work_dirs/demo", max_iters=300, val_interval=100, ckpt_interval=100,
+                            log_interval=10, best_metric="mIoU", sync_bn_exclude=cfg.train.sync_bn_exclude)
     cfg.eval.resize, cfg.eval.tta_scales = (), [0.75, 1.0, 1.25]
     return cfg
 
@@ -353,13 +361,15 @@ def icesegnet_yrcc2() -> Config:
         "backbone": {"preset": "swin_large", "drop_path_rate": 0.3}, "edge_mode": "published"})
     cfg.loss = LossConfig(name="ce", avg_non_ignore=False)  # heads: CE x0.9 on s0..s3, aux x0.5 (model defaults)
     cfg.optim = OptimConfig(name="adamw", lr=6e-5, weight_decay=5e-4, clip_grad=1.0,
-                            no_decay=["absolute_pos_embed", "relative_position_bias_table", "norm"])
+                            no_decay=["absolute_pos_embed", "relative_position_bias_table", "norm"])  # mmseg
+    # custom_keys match names: BN named `bn` and SEFPN's BNs keep their decay (spec §3); by type: no_decay_norm
     cfg.schedule = ScheduleConfig(name="cosine", warmup_iters=500, warmup_ratio=1e-3, min_lr=1e-6,
                                   t_max=79_500)  # written for 80k, stopped at 60k (final lr ~9.7e-6, spec §8.5)
     cfg.train = TrainConfig(work_dir="work_dirs/icesegnet_yrcc2", seed=42, max_iters=60_000, val_interval=250,
-                            ckpt_interval=250, log_interval=50, best_metric="mIoU")
+                            ckpt_interval=250, log_interval=50, best_metric="mIoU",
+                            sync_bn_exclude=["neck"])  # SEFPN's BN is per GPU in the authors' runs (spec §1.3)
     cfg.eval = EvalConfig(mode="whole", resize=(2048, 1024),  # 1600x640 -> 2048x819, logits back to 1600x640
-                          tta_scales=[r / 1.28 for r in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)],  # x the original size
+                          tta_scales=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75],  # x the original size (spec §3.3)
                           tta_flips=["horizontal"], class_names=list(NWPU_YRCC2_NAMES), palette=NWPU_YRCC2_PALETTE)
     return cfg
 
@@ -394,7 +404,7 @@ def _nwpu_debug(cfg: Config, name: str, heads: dict) -> Config:
                             channels=32, aux_channels=16, **heads)
     cfg.schedule.warmup_iters, cfg.schedule.t_max = 1, 0
     cfg.train = TrainConfig(work_dir=f"work_dirs/{name}", seed=42, max_iters=4, val_interval=4, ckpt_interval=4,
-                            log_interval=1)
+                            log_interval=1, sync_bn_exclude=cfg.train.sync_bn_exclude)
     cfg.eval.resize, cfg.eval.tta_scales = (320, 128), [0.75, 1.0]  # 160x400 scenes -> 128x320
     return cfg
 
@@ -439,10 +449,11 @@ def deeplab_autoice() -> Config:
     cfg.loss = LossConfig(name="multitask", task_weights={"SIC": 1.0, "SOD": 1.0, "FLOE": 1.0})
     cfg.optim = OptimConfig(name="adam", lr=1e-5, weight_decay=0.0)
     cfg.schedule = ScheduleConfig(name="plateau", plateau_factor=0.5, plateau_patience=4, plateau_metric="loss",
-                                  plateau_mode="min")
+                                  plateau_mode="min", plateau_min_lr=1e-8)
     cfg.train = TrainConfig(work_dir="work_dirs/deeplab_autoice", seed=1, max_epochs=120, val_interval=1,
                             ckpt_interval=1, log_interval=50, amp="fp16", best_metric="combined", best_mode="max",
-                            early_stop_patience=80, channels_last=True)
+                            early_stop_patience=80, early_stop_metric="loss", early_stop_mode="min",
+                            early_stop_min_delta=1e-8, channels_last=True)
     cfg.eval = EvalConfig(evaluator="autoice", mode="slide", crop_size=(2048, 2048), stride=(1536, 1536))
     return cfg
 
@@ -476,7 +487,8 @@ def _unetpp_aerial(dataset: str, root: str, names: list, name: str) -> Config:
                                           {"type": "RandomFlip", "prob": 0.5, "direction": "vertical"},
                                           dict(IMAGENET_NORMALIZE)], test_pipeline=[dict(IMAGENET_NORMALIZE)])
     cfg.model = ModelConfig(name="unetpp", num_classes=len(names))
-    cfg.optim = OptimConfig(name="adamw", lr=6e-4, weight_decay=0.01, no_decay=["bn", "bias"], clip_grad=1.0)
+    cfg.optim = OptimConfig(name="adamw", lr=6e-4, weight_decay=0.01, no_decay=["bias"], no_decay_norm=True,
+                            clip_grad=1.0)
     cfg.schedule = ScheduleConfig(name="cosine", warmup_iters=500, min_lr=1e-6)
     cfg.train = TrainConfig(work_dir=f"work_dirs/{name}", max_iters=40_000, val_interval=4000, ckpt_interval=2000,
                             log_interval=50, channels_last=True)

@@ -25,7 +25,7 @@ from iceseg import dist
 from iceseg.checkpoint import load_checkpoint, unwrap_state_dict
 from iceseg.data import build_dataset
 from iceseg.evaluation import build_evaluator, to_device
-from iceseg.inference import fuse_conv_bn
+from iceseg.inference import autocast_dtype, fuse_conv_bn
 from iceseg.segmentor import build_model
 
 
@@ -47,6 +47,10 @@ def main() -> None:
     rank, world, device = dist.init_distributed(cfg.train.device)
 
     ckpt = load_checkpoint(args.checkpoint, map_location="cpu", fallback=False)
+    if device.type == "cpu" and ckpt.get("threads", torch.get_num_threads()) != torch.get_num_threads():
+        dist.print0(f"note: validation in train.py ran with {ckpt['threads']} CPU thread(s) per process, this run with "
+                    f"{torch.get_num_threads()}: scores may differ in the last digits (OMP_NUM_THREADS="
+                    f"{ckpt['threads']} reproduces them exactly)")
     model = build_model(cfg)
     model.load_state_dict(unwrap_state_dict(ckpt))
     model.eval()
@@ -67,7 +71,8 @@ def main() -> None:
         E.mode = args.mode
     evaluator = build_evaluator(cfg, device)
     t0 = time.time()
-    with torch.no_grad():
+    amp = autocast_dtype(cfg.train.amp, device)  # the autocast of validation in train.py
+    with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         for batch in loader:
             evaluator.update(model, to_device(batch, device), show_dir=show_dir, tta=args.tta)
     metrics = evaluator.compute()

@@ -16,6 +16,7 @@ event), ``last.pt`` and ``best.pt`` (written atomically; loadable with ``weights
 """
 
 import contextlib
+import copy
 import datetime
 import gc
 import json
@@ -39,7 +40,9 @@ from iceseg import dist
 from iceseg.checkpoint import load_checkpoint, prev_path, rng_state, save_checkpoint, set_rng_state
 from iceseg.data import build_dataset, prepare_data
 from iceseg.evaluation import build_evaluator, to_device
-from iceseg.segmentor import build_model
+from iceseg.inference import autocast_dtype, fuse_conv_bn
+from iceseg.schedule import EarlyStopping, Plateau
+from iceseg.segmentor import build_model, convert_sync_batchnorm, param_groups
 
 # ----------------------------------------------------------------------------- config
 if "--list-configs" in sys.argv:
@@ -55,6 +58,7 @@ except (KeyError, TypeError, ValueError) as e:
     sys.exit(f"error: {e.args[0]}")
 T, D, O, S = cfg.train, cfg.data, cfg.optim, cfg.schedule
 CHOICES = {"train.amp": ("none", "bf16", "fp16"), "train.best_mode": ("max", "min"),
+           "train.early_stop_mode": ("", "max", "min"), "eval.tta_scale_base": ("original", "resized"),
            "optim.name": ("adamw", "adam", "sgd"), "schedule.name": ("constant", "cosine", "poly", "plateau"),
            "schedule.plateau_mode": ("", "max", "min"), "train.device": ("auto", "cpu", "cuda")}
 for key, valid in CHOICES.items():  # string options outside a registry: a typo must not pass silently
@@ -118,16 +122,19 @@ try:
     val_set = build_dataset(D, D.val_split, train=False)
 except (FileNotFoundError, KeyError, ValueError) as e:
     sys.exit(f"error: {e.args[0]}")
+if note := getattr(train_set, "label_mapping_note", ""):  # the label encoding decided from the files
+    print0(f"labels ({train_set.label_encoding}): {note}")
 val_shard = Subset(val_set, list(range(rank, len(val_set), world)))  # no padding: unbiased metrics
 
 
 class ResumableSampler(DistributedSampler):
-    """DistributedSampler that can start its next epoch at a given position (exact resume)."""
+    """DistributedSampler yielding positions ``[skip, stop)`` of each epoch's order: ``skip`` (one epoch) resumes
+    mid-epoch, ``stop`` ends every epoch after whole accumulation steps (each epoch starts alike)."""
 
-    skip = 0
+    skip, stop = 0, None
 
     def __iter__(self):
-        indices = list(super().__iter__())[self.skip:]
+        indices = list(super().__iter__())[self.skip:self.stop]
         self.skip = 0
         return iter(indices)
 
@@ -146,6 +153,11 @@ iters_per_epoch = len(train_loader) // T.accum_steps
 if iters_per_epoch == 0:
     sys.exit(f"the training set has {len(train_set)} samples: too few for batch {D.batch_size} x "
              f"{T.accum_steps} accumulation steps x {world} processes")
+sampler.stop = iters_per_epoch * T.accum_steps * D.batch_size  # per-rank samples in one epoch's steps
+if len(train_loader) % T.accum_steps:
+    print0(f"note: each epoch uses {iters_per_epoch * T.accum_steps} of its {len(train_loader)} batches per "
+           f"process ({iters_per_epoch} step(s) of {T.accum_steps} accumulated batches; the order is reshuffled "
+           f"every epoch)")
 by_epoch = T.max_epochs > 0
 max_iters = T.max_epochs * iters_per_epoch if by_epoch else T.max_iters
 unit = iters_per_epoch if by_epoch else 1  # val/ckpt intervals count epochs or iterations
@@ -154,24 +166,19 @@ print0(f"{cfg.name}: {len(train_set)} train / {len(val_set)} val samples, {world
 
 # ----------------------------------------------------------------------------- model, optimizer, schedule
 model = build_model(cfg).to(device, memory_format=torch.channels_last if T.channels_last else torch.preserve_format)
-if T.sync_bn and world > 1 and device.type == "cuda":
-    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+if T.sync_bn and world > 1 and device.type == "cuda":  # train.sync_bn_exclude keeps some BN per process
+    model = convert_sync_batchnorm(model, T.sync_bn_exclude)
 print0(f"model {cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters")
 
-groups: dict[tuple, list] = {}
-for name, p in model.named_parameters():
-    if not p.requires_grad:
-        continue
-    wd = 0.0 if any(s in name for s in O.no_decay) else O.weight_decay
-    mult = next((m for s, m in O.lr_mult.items() if s in name), 1.0)
-    groups.setdefault((wd, mult), []).append(p)
-param_groups = [{"params": ps, "weight_decay": wd, "lr_mult": m} for (wd, m), ps in groups.items()]
+groups = param_groups(model, O)  # weight decay off by name (optim.no_decay) or norm type (no_decay_norm)
 if O.name == "sgd":
-    optimizer = torch.optim.SGD(param_groups, lr=O.lr, momentum=O.momentum, fused=O.fused or None)
+    optimizer = torch.optim.SGD(groups, lr=O.lr, momentum=O.momentum, fused=O.fused or None)
 else:
     opt_cls = torch.optim.AdamW if O.name == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(param_groups, lr=O.lr, betas=O.betas, eps=O.eps, fused=O.fused or None)
-plateau = {"scale": 1.0, "best": None, "bad": 0}  # ReduceLROnPlateau state (torch semantics, 'rel' threshold)
+    optimizer = opt_cls(groups, lr=O.lr, betas=O.betas, eps=O.eps, fused=O.fused or None)
+plateau = Plateau(O.lr, S.plateau_mode or T.best_mode, S.plateau_factor, S.plateau_patience, S.plateau_threshold,
+                  S.plateau_cooldown, S.plateau_min_lr)  # ReduceLROnPlateau on schedule.plateau_metric
+early = EarlyStopping(T.early_stop_mode or T.best_mode, T.early_stop_patience, T.early_stop_min_delta)
 
 
 def get_lr(it: int) -> float:
@@ -185,37 +192,24 @@ def get_lr(it: int) -> float:
     if S.name == "poly":
         frac = min(t / max(max_iters - S.warmup_iters, 1), 1.0)
         return S.min_lr + (O.lr - S.min_lr) * (1 - frac) ** S.power
-    return O.lr * plateau["scale"]
+    return O.lr * plateau.state["scale"]
 
 
-def plateau_step(value: float) -> None:
-    """ReduceLROnPlateau.step on a validation metric (schedule.plateau_metric / plateau_mode)."""
-    best = plateau["best"]
-    mode = S.plateau_mode or T.best_mode
-    better = best is None or (value > best * (1 + S.plateau_threshold) if mode == "max"
-                              else value < best * (1 - S.plateau_threshold))
-    plateau["best"], plateau["bad"] = (value, 0) if better else (best, plateau["bad"] + 1)
-    if plateau["bad"] > S.plateau_patience:
-        plateau["scale"] *= S.plateau_factor
-        plateau["bad"] = 0
-        print0(f"plateau: lr reduced to {O.lr * plateau['scale']:.3g}")
-
-
-if T.amp == "fp16" and device.type != "cuda":
+amp_dtype = autocast_dtype(T.amp, device)  # training and validation; test.py uses the same
+if T.amp == "fp16" and amp_dtype is None:
     print0("fp16 autocast needs CUDA: running in fp32 on the CPU")
-    T.amp = "none"
-amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(T.amp)
-scaler = torch.amp.GradScaler(device.type, enabled=T.amp == "fp16")
+scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
 # ----------------------------------------------------------------------------- resume (before compile and DDP)
-start_iter, best, n_stale, n_skipped = 0, None, 0, 0
+start_iter, best, n_skipped = 0, None, 0
 if T.resume and any(p.is_file() for p in (work_dir / "last.pt", prev_path(work_dir / "last.pt"))):
     ckpt = load_checkpoint(work_dir / "last.pt")  # falls back to last.prev.pt (with a warning)
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scaler.load_state_dict(ckpt["scaler"])
-    plateau.update(ckpt["plateau"])
-    start_iter, best, n_stale, n_skipped = ckpt["iter"], ckpt["best"], ckpt["stale"], ckpt.get("skipped", 0)
+    plateau.state.update(ckpt["plateau"])
+    early.state.update(ckpt.get("early_stop", {"best": ckpt["best"], "stale": ckpt["stale"]}))  # older: best_metric
+    start_iter, best, n_skipped = ckpt["iter"], ckpt["best"], ckpt.get("skipped", 0)
     set_rng_state(ckpt["rng"][rank % len(ckpt["rng"])])
     print0(f"resumed from {work_dir / 'last.pt'} at iteration {start_iter}")
 model_without_ddp = eval_model = model
@@ -229,10 +223,18 @@ if world > 1:
 def evaluate() -> tuple[dict, str]:
     """Metrics of the current model on the validation set (every rank runs its shard; all-reduced) and their table."""
     model_without_ddp.eval()
+    if world > 1:  # every rank scores what is saved: rank 0's buffers (each rank's BN statistics drift apart)
+        for b in model_without_ddp.buffers():
+            torch.distributed.broadcast(b, 0)
+    net = eval_model
+    if cfg.eval.fuse_conv_bn:  # what test.py scores: BatchNorm folded as there, on a copy of the weights
+        net = fuse_conv_bn(copy.deepcopy(model_without_ddp))
+        net = torch.compile(net) if T.compile else net
     ev = build_evaluator(cfg, device)
     with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         for batch in val_loader:
-            ev.update(eval_model, to_device(batch, device))
+            ev.update(net, to_device(batch, device))
+    del net
     model_without_ddp.train()
     metrics = ev.compute()
     return metrics, ev.table(metrics)
@@ -246,8 +248,9 @@ def save(path: Path, it: int) -> None:
         torch.distributed.all_gather_object(rng, rng_state())
     if rank == 0:
         save_checkpoint({"model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scaler": scaler.state_dict(), "plateau": dict(plateau), "iter": it,
-                         "epoch": it // iters_per_epoch, "best": best, "stale": n_stale, "skipped": n_skipped,
+                         "scaler": scaler.state_dict(), "plateau": dict(plateau.state), "iter": it,
+                         "epoch": it // iters_per_epoch, "best": best, "stale": early.state["stale"],
+                         "early_stop": dict(early.state), "skipped": n_skipped, "threads": torch.get_num_threads(),
                          "rng": rng, "config": configs.to_dict(cfg), "version": iceseg.__version__}, path)
 
 
@@ -355,16 +358,15 @@ for it in range(start_iter, max_iters):
         print0(table)
         log_json({"event": "val", "iter": done, "epoch": done // iters_per_epoch, **metrics})
         if best is None or (value > best if T.best_mode == "max" else value < best):
-            best, n_stale = value, 0
+            best = value
             save(work_dir / "best.pt", done)
             print0(f"new best {T.best_metric} {value:.4f} at iteration {done}: {work_dir / 'best.pt'}")
-        else:
-            n_stale += 1
-        if S.name == "plateau":
-            plateau_step(metrics[S.plateau_metric or T.best_metric])
-        if T.early_stop_patience and n_stale >= T.early_stop_patience:
+        if S.name == "plateau" and (new_lr := plateau.step(metrics[S.plateau_metric or T.best_metric])):
+            print0(f"plateau: lr reduced to {new_lr:.3g}")
+        if early.step(metrics[T.early_stop_metric or T.best_metric]):
             save(work_dir / "last.pt", done)
-            print0(f"early stop: {T.best_metric} did not improve in {n_stale} evaluations")
+            print0(f"early stop: {T.early_stop_metric or T.best_metric} did not improve by more than "
+                   f"{T.early_stop_min_delta:g} in {early.state['stale']} evaluations")
             break
     if done % (T.ckpt_interval * unit) == 0 or done == max_iters:
         save(work_dir / "last.pt", done)

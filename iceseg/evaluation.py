@@ -63,8 +63,8 @@ class SegEvaluator:
     def predict(self, model, img: torch.Tensor, tta: bool = False) -> torch.Tensor:
         """``(B, C, H, W)`` -> ``(B, K, H, W)`` probabilities with the config's inference settings."""
         E = self.E
-        scales, flips = (E.tta_scales, E.tta_flips) if tta else ([1.0], [])
-        return predict(model, img, E.mode, E.crop_size, E.stride, E.size_divisor, E.resize, scales, flips)
+        scales, flips, base = (E.tta_scales, E.tta_flips, E.tta_scale_base) if tta else ([1.0], [], "resized")
+        return predict(model, img, E.mode, E.crop_size, E.stride, E.size_divisor, E.resize, scales, flips, base)
 
     def update(self, model, batch: dict, show_dir: Path | None = None, tta: bool = False) -> None:
         """Predict ``batch["img"]`` ``(B, C, H, W)`` and count it against ``batch["label"]`` ``(B, H, W)``."""

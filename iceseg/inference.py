@@ -25,6 +25,21 @@ def logits_to_probs(logits: torch.Tensor) -> torch.Tensor:
     return logits.softmax(dim=1)
 
 
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype that ``train.amp`` means on ``device`` (train.py's validation and test.py alike).
+
+    Args:
+        amp: "none", "bf16" or "fp16".
+        device: where the model runs; fp16 autocast needs CUDA, so on a CPU "fp16" means fp32.
+
+    Returns:
+        ``torch.bfloat16``, ``torch.float16`` or None (no autocast).
+    """
+    if amp == "fp16" and device.type != "cuda":
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+
+
 def rescale_size(h: int, w: int, scale: tuple) -> tuple[int, int]:
     """mmcv ``rescale_size`` with kept ratio: fit (h, w) inside ``scale = (long, short)`` edges.
 
@@ -78,7 +93,8 @@ def slide_logits(model, img: torch.Tensor, crop_size: tuple, stride: tuple, size
 
 @torch.no_grad()
 def predict(model, img: torch.Tensor, mode: str = "whole", crop_size=(512, 512), stride=(341, 341),
-            size_divisor: int = 1, resize: tuple = (), scales=(1.0,), flips=()) -> torch.Tensor:
+            size_divisor: int = 1, resize: tuple = (), scales=(1.0,), flips=(),
+            scale_base: str = "resized") -> torch.Tensor:
     """Class probabilities for a batch at its own size, with optional test-time resize and TTA.
 
     Args:
@@ -88,7 +104,10 @@ def predict(model, img: torch.Tensor, mode: str = "whole", crop_size=(512, 512),
         crop_size, stride: slide window and step ``(h, w)`` in pixels.
         size_divisor: pad every forward input to a multiple of this.
         resize: ``(long, short)`` edge scale for the mmseg keep-ratio test resize, () = none.
-        scales: TTA scale factors applied after ``resize`` (mmseg ``TestTimeAug``).
+        scales: scale factors of the views (TTA: mmseg ``TestTimeAug`` ``Resize(scale_factor=s)``).
+        scale_base: "resized": a view is ``s`` x the size after ``resize``; "original": ``s`` x the input
+            size, ``resize`` unused, as mmseg's TTA pipeline (``SegTTAModel``; e.g. 0.5..1.75 x a 1600x640
+            image gives 800x320 .. 2800x1120, spec icesegnet.md §3.3).
         flips: extra flipped views per scale, each "horizontal", "vertical" or "both" (the
             identity view is always included; the glacier seed's 4-way TTA is all three).
 
@@ -96,7 +115,7 @@ def predict(model, img: torch.Tensor, mode: str = "whole", crop_size=(512, 512),
         ``(B, K, H, W)`` float32 probabilities averaged over all augmentations.
 
     Raises:
-        ValueError: unknown mode or flip direction.
+        ValueError: unknown mode, flip direction or scale base.
     """
     if mode not in ("whole", "slide"):
         raise ValueError(f"inference mode must be 'whole' or 'slide', not {mode!r}")
@@ -104,8 +123,10 @@ def predict(model, img: torch.Tensor, mode: str = "whole", crop_size=(512, 512),
     for f in flips:
         if f not in dims or f == "none":
             raise ValueError(f"TTA flip must be 'horizontal', 'vertical' or 'both', not {f!r}")
+    if scale_base not in ("resized", "original"):
+        raise ValueError(f"TTA scale base must be 'resized' or 'original', not {scale_base!r}")
     B, C, H, W = img.shape
-    base_h, base_w = rescale_size(H, W, resize) if resize else (H, W)
+    base_h, base_w = rescale_size(H, W, resize) if resize and scale_base == "resized" else (H, W)
     total, n = None, 0
     for s in scales:
         h, w = int(base_h * s + 0.5), int(base_w * s + 0.5)

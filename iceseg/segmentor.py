@@ -355,3 +355,59 @@ def build_model(cfg) -> nn.Module:
         return net
     criterion = build_loss(cfg)  # SegLoss + the optional distance loss (cfg.loss.dist_*)
     return DenseSegmentor(net, criterion, size_divisor=cfg.eval.size_divisor)
+
+
+# --------------------------------------------------------------------------- training set-up
+
+NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def param_groups(model: nn.Module, optim_cfg) -> list[dict]:
+    """Optimizer parameter groups: weight decay and lr multiplier per trainable parameter.
+
+    A parameter gets no weight decay when its full name contains a substring of ``optim_cfg.no_decay``
+    (mmseg ``paramwise_cfg.custom_keys`` semantics: the IceSegNet recipe's ``"norm"`` leaves BN layers
+    named ``bn`` decayed, spec icesegnet.md §3) or, with ``optim_cfg.no_decay_norm``, when it belongs to
+    a normalisation module by type (every BatchNorm / SyncBatchNorm, GroupNorm, LayerNorm, InstanceNorm
+    weight and bias, whatever its name: smp's decoder BNs are ``...conv1.1``). Its lr multiplier is the
+    first ``optim_cfg.lr_mult`` entry whose key is a substring of the name (else 1).
+
+    Returns:
+        ``[{"params": [...], "weight_decay": float, "lr_mult": float}]``, one group per distinct pair, in
+        first-seen order.
+    """
+    norm_params = {id(p) for m in model.modules() if isinstance(m, NORM_TYPES) for p in m.parameters(recurse=False)}
+    groups: dict[tuple, list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_wd = any(s in name for s in optim_cfg.no_decay) or (optim_cfg.no_decay_norm and id(p) in norm_params)
+        mult = next((m for s, m in optim_cfg.lr_mult.items() if s in name), 1.0)
+        groups.setdefault((0.0 if no_wd else optim_cfg.weight_decay, mult), []).append(p)
+    return [{"params": ps, "weight_decay": wd, "lr_mult": m} for (wd, m), ps in groups.items()]
+
+
+def convert_sync_batchnorm(model: nn.Module, exclude=()) -> nn.Module:
+    """Replace every ``BatchNorm*d`` by ``SyncBatchNorm`` except under the module-name prefixes ``exclude``.
+
+    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` applied per BN module (weights, buffers and
+    ``training`` carried over). IceSegNet's authors synchronised the heads' BN over their 2 GPUs and left
+    SEFPN's BN per GPU (``exclude=["neck"]``, spec icesegnet.md §1.3, §3, §8.14).
+
+    Args:
+        model: modified in place.
+        exclude: prefixes of ``named_modules`` names, e.g. ``["neck"]`` (matches ``neck`` and ``neck.*``).
+
+    Returns:
+        ``model``.
+    """
+    def kept(name: str) -> bool:
+        return any(name == e or name.startswith(e + ".") for e in exclude)
+
+    for name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm) \
+                    and not kept(full):
+                setattr(parent, child_name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+    return model

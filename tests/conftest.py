@@ -1,5 +1,6 @@
-"""Shared fixtures: the real-imagery folder, a script runner, and a free TCP port."""
+"""Shared fixtures: the real-imagery folder, a script runner, a free TCP port, and a score comparison."""
 
+import math
 import os
 import socket
 import subprocess
@@ -27,11 +28,14 @@ def free_port() -> int:
 
 
 def run_script(args: list[str], cwd: Path, nproc: int = 1, timeout: int = 600,
-               check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``train.py``/``test.py`` (repo root scripts) in ``cwd``; with ``nproc > 1`` under torchrun (gloo)."""
+               check: bool = True, threads: int | None = None) -> subprocess.CompletedProcess:
+    """Run ``train.py``/``test.py`` (repo root scripts) in ``cwd``; with ``nproc > 1`` under torchrun (gloo).
+
+    OpenMP threads per process: ``threads``, else 1 under torchrun and 2 otherwise (the thread count
+    changes CPU float sums, so a score is reproduced exactly only at the count it was computed with)."""
     script, *rest = args
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1" if nproc > 1 else "2",
-           "PYTHONUNBUFFERED": "1"}
+    omp = threads or (1 if nproc > 1 else 2)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(omp), "PYTHONUNBUFFERED": "1"}
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(ROOT / script), *rest]
@@ -41,3 +45,27 @@ def run_script(args: list[str], cwd: Path, nproc: int = 1, timeout: int = 600,
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def assert_scores_equal_validation(work_dir: Path, metrics: dict, ckpt: str = "best.pt") -> int:
+    """Every score test.py wrote (``metrics``) equals the one train.py logged when it saved ``ckpt``
+    (to 1e-12 relative: sums of per-image floats are added in another order across ranks).
+
+    Returns the number of scores compared (a run that logged none fails here, not silently)."""
+    import json
+
+    import torch
+
+    it = torch.load(work_dir / ckpt, weights_only=True)["iter"]
+    rows = [json.loads(x) for x in (work_dir / "log.jsonl").read_text().splitlines()]
+    val = [r for r in rows if r["event"] == "val" and r["iter"] == it][-1]
+    shared = [k for k in val if k in metrics and k not in ("event", "iter", "epoch")]
+    assert len(shared) > 3, shared
+    def same(a, b) -> bool:  # float sums over images are added in another order across ranks: 1e-12 relative
+        if isinstance(a, list):
+            return len(a) == len(b) and all(map(same, a, b))
+        return a == b or (a != a and b != b) or math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)
+
+    diff = {k: (val[k], metrics[k]) for k in shared if not same(val[k], metrics[k])}
+    assert not diff, f"test.py differs from the validation that saved {ckpt} (iteration {it}): {diff}"
+    return len(shared)

@@ -26,7 +26,7 @@ from iceseg.autoice import (
 from iceseg.evaluation import AutoICEEvaluator
 from iceseg.losses import MultiTaskLoss, masked_mse
 from iceseg.metrics import RegressionStats, combined_score, confusion_matrix, r2_from_sums, weighted_f1
-from tests.conftest import run_script
+from tests.conftest import assert_scores_equal_validation, run_script
 
 torch.set_num_threads(2)
 
@@ -291,6 +291,7 @@ def test_torchrun_trains_on_synthetic_netcdf_scenes_then_test_script_writes_subm
     assert "peak memory" in proc.stdout and "SOD F1" in proc.stdout
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["scenes"] == 2 and metrics["peak_mem_gib"] > 0 and "combined" in metrics
+    assert_scores_equal_validation(wd, metrics)  # 2 processes in both: the saved weights are what was scored
     assert len(list((tmp_path / "vis").glob("*.png"))) == 12
     with h5py.File(tmp_path / "sub.nc", "r") as fh:  # rank parts merged by rank 0
         names = sorted(k for k in fh if fh[k].ndim == 2)

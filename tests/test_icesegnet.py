@@ -21,7 +21,7 @@ from iceseg.sefpn import SEFPN
 from iceseg.segmentor import EncoderDecoder, build_model, convert_mmseg_segmentor, load_segmentor_checkpoint
 from iceseg.uper import DepthwiseSeparableConv, SpatialCrossAttention, UPerSCAMTLHead
 from tests import golden as _golden
-from tests.conftest import run_script
+from tests.conftest import assert_scores_equal_validation, run_script
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -335,8 +335,12 @@ def test_debug_config_torchrun_two_processes_then_test_tta(tmp_path):
     rows = [json.loads(x) for x in (wd / "log.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["event"] == "train"]
     assert len(train) == 4 and all(math.isfinite(r["decode.loss_ce.s3"]) for r in train)
+    run_script(["test.py", "--config", "icesegnet_yrcc2_debug", "--checkpoint", str(wd / "best.pt"),
+                "--out", str(tmp_path / "plain.json")], cwd=tmp_path, threads=1)  # one process, training's threads
+    assert_scores_equal_validation(wd, json.loads((tmp_path / "plain.json").read_text()))
     proc = run_script(["test.py", "--config", "icesegnet_yrcc2_debug", "--checkpoint", str(wd / "best.pt"), "--tta",
                        "--out", str(tmp_path / "metrics.json")], cwd=tmp_path)
     assert "TTA 4 views" in proc.stdout and "streaming" in proc.stdout
+    assert "validation in train.py ran with 1 CPU thread(s) per process, this run with 2" in proc.stdout
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["tta"] and len(metrics["IoU"]) == 4 and 0 <= metrics["mIoU"] <= 100

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import run_script
+from tests.conftest import assert_scores_equal_validation, run_script
 
 
 def _losses(work_dir):
@@ -18,9 +18,11 @@ def _glacier_args(work_dir, *extra):
             f"--data.root={work_dir.parent / 'glacier_data'}", "--train.log_interval=1", *extra]
 
 
-def test_train_resume_mid_epoch_is_exact_and_outputs_are_complete(tmp_path):
+@pytest.mark.parametrize("accum", [1, 3])  # 3: 4 batches per epoch is not a whole number of steps
+def test_train_resume_mid_epoch_is_exact_and_outputs_are_complete(tmp_path, accum):
     full, part = tmp_path / "full", tmp_path / "part"
-    it_args = ["--train.max_epochs=0", "--train.val_interval=100", "--train.ckpt_interval=3"]
+    it_args = ["--train.max_epochs=0", "--train.val_interval=100", "--train.ckpt_interval=3",
+               f"--train.accum_steps={accum}"]
     run_script(_glacier_args(full, *it_args, "--train.max_iters=6"), cwd=tmp_path)
     run_script(_glacier_args(part, *it_args, "--train.max_iters=3"), cwd=tmp_path)  # "killed" after iteration 3
     proc = run_script(_glacier_args(part, *it_args, "--train.max_iters=6"), cwd=tmp_path)
@@ -29,6 +31,8 @@ def test_train_resume_mid_epoch_is_exact_and_outputs_are_complete(tmp_path):
     assert sorted(a) == [1, 2, 3, 4, 5, 6] and sorted(b) == [1, 2, 3, 4, 5, 6]
     for it in (4, 5, 6):  # iteration 4 starts mid-epoch (4 iterations per epoch): sampler position restored
         assert a[it] == b[it], (it, a[it], b[it])
+    if accum > 1:
+        assert "each epoch uses 3 of its 4 batches per process (1 step(s) of 3 accumulated batches" in proc.stdout
     ckpt = torch.load(full / "last.pt", weights_only=True)
     assert ckpt["iter"] == 6 and ckpt["config"]["name"] == "unetpp_glacier_debug"
     assert all(g["fused"] for g in ckpt["optimizer"]["param_groups"])  # optim.fused (default) reached AdamW
@@ -49,6 +53,10 @@ def test_torchrun_two_gloo_processes_then_resume_and_test_script(tmp_path):
     assert torch.load(wd / "last.pt", weights_only=True)["epoch"] == 2
 
     vis = tmp_path / "vis"
+    run_script(["test.py", "--config", "unetpp_glacier_debug", "--checkpoint", str(wd / "best.pt"),
+                f"--data.root={tmp_path / 'glacier_data'}", "--out", str(tmp_path / "plain.json")], cwd=tmp_path,
+               threads=1)  # one process, each training rank's thread count
+    assert_scores_equal_validation(wd, json.loads((tmp_path / "plain.json").read_text()))  # BN of rank 0 scored
     proc = run_script(["test.py", "--config", "unetpp_glacier_debug", "--checkpoint", str(wd / "best.pt"),
                        f"--data.root={tmp_path / 'glacier_data'}", "--show-dir", str(vis), "--tta",
                        "--out", str(tmp_path / "metrics.json")], cwd=tmp_path)
