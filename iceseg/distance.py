@@ -21,7 +21,7 @@ on a 64k-element row pays its intra-op thread start-up on every call (measured ~
 shared 2-core machine); the elementwise passes of :func:`class_distance_maps` use numpy on the CPU
 for the same reason. On CUDA the same steps use torch ops. The Euclidean row pass always runs in
 numpy (float64) and the result is moved back to the input's device. Cost on a 2-core CPU
-(``scripts/bench_distance.py``): inside + outside Manhattan maps (K = 50) of 8 labels of
+(``dev/bench_distance.py``): inside + outside Manhattan maps (K = 50) of 8 labels of
 1024 x 1024 with 7 classes in ~0.4-0.5 s; exact Euclidean ~0.12 s per 1024 x 1024 map.
 
 Dimension legend: ``N`` maps, ``B`` batch, ``K`` classes, ``S`` label sets, ``H, W`` spatial.

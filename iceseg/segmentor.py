@@ -148,7 +148,7 @@ class EncoderDecoder(nn.Module):
 
 def build_unetpp(cfg) -> nn.Module:
     """U-Net++ (ResNet34 encoder) from ``cfg.model`` / ``cfg.data`` (see iceseg/unetpp.py)."""
-    from iceseg.unetpp import UNetPlusPlus, load_pretrained
+    from iceseg.models.unetpp import UNetPlusPlus, load_pretrained
 
     kwargs = dict(cfg.model.kwargs)
     if "decoder_channels" in kwargs:
@@ -161,7 +161,7 @@ def build_unetpp(cfg) -> nn.Module:
 
 # (builder defaults; cfg.model.kwargs overrides them key by key)
 ICESEGNET_DEFAULTS = {
-    "backbone": {"preset": "swin_large", "drop_path_rate": 0.3},  # iceseg.swin preset name + SwinConfig overrides
+    "backbone": {"preset": "swin_large", "drop_path_rate": 0.3},  # iceseg.models.swin preset name + SwinConfig overrides
     "neck_channels": 768,  # SEFPN width
     "channels": 512,  # decode head width C
     "feedforward_channels": [2048, 1024, 512],  # K-Net FFN width per stage
@@ -191,7 +191,7 @@ def _model_kwargs(cfg, defaults: dict) -> dict:
 
 def _swin(spec: dict, in_channels: int) -> nn.Module:
     """Swin backbone from ``{"preset": name, **SwinConfig overrides}`` (lists become tuples)."""
-    from iceseg import swin
+    from iceseg.models import swin
 
     spec = dict(spec)
     preset = spec.pop("preset", "swin_large")
@@ -204,7 +204,7 @@ def _swin(spec: dict, in_channels: int) -> nn.Module:
 def convert_mmseg_segmentor(state_dict: dict) -> dict:
     """Map an mmseg ``EncoderDecoder`` checkpoint (Swin backbone) to :class:`EncoderDecoder` keys.
 
-    ``backbone.*`` goes through ``iceseg.swin.convert_mmseg_swin`` (renames, patch-merging reorder);
+    ``backbone.*`` goes through ``iceseg.models.swin.convert_mmseg_swin`` (renames, patch-merging reorder);
     ``neck.*``, ``decode_head.*`` and ``auxiliary_head.*`` already use mmseg's names (spec icesegnet.md
     §9.4) and pass unchanged; other keys are dropped. ``state_dict``/``model`` nesting and a shared
     ``module.`` prefix are removed.
@@ -215,7 +215,7 @@ def convert_mmseg_segmentor(state_dict: dict) -> dict:
     Returns:
         New flat dict (tensors shared).
     """
-    from iceseg.swin import convert_mmseg_swin
+    from iceseg.models.swin import convert_mmseg_swin
 
     sd = unwrap_state_dict(state_dict)
     out = {f"backbone.{k}": v for k, v in convert_mmseg_swin(sd).items()}
@@ -229,7 +229,7 @@ def load_segmentor_checkpoint(model: EncoderDecoder, path: str) -> str:
     A file with ``decode_head.*`` keys is a whole mmseg segmentor (converted by
     :func:`convert_mmseg_segmentor`, loaded strictly except the auxiliary head, which inference does
     not need); anything else is a Swin classification/backbone checkpoint (official, timm or mmseg
-    layout, e.g. ``swin_large_patch4_window7_224_22k.pth``) loaded by ``iceseg.swin.load_pretrained``.
+    layout, e.g. ``swin_large_patch4_window7_224_22k.pth``) loaded by ``iceseg.models.swin.load_pretrained``.
 
     Returns:
         ``"segmentor"`` or ``"backbone"``.
@@ -238,7 +238,7 @@ def load_segmentor_checkpoint(model: EncoderDecoder, path: str) -> str:
         FileNotFoundError: no such file.
         ValueError: missing / unexpected keys or shape mismatches, naming them.
     """
-    from iceseg.swin import load_pretrained
+    from iceseg.models.swin import load_pretrained
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model.pretrained: checkpoint file not found: {path}")
@@ -258,7 +258,7 @@ def load_segmentor_checkpoint(model: EncoderDecoder, path: str) -> str:
 
 
 def _encoder_decoder(cfg, k: dict, backbone: nn.Module, neck, decode_head, aux_levels: list[int]) -> EncoderDecoder:
-    from iceseg.uper import FCNHead
+    from iceseg.models.uper import FCNHead
 
     aux = FCNHead(aux_levels, 2, k["aux_channels"], cfg.model.num_classes, concat_input=k["aux_concat_input"],
                   dropout_ratio=k["dropout_ratio"]) if k["aux"] else None
@@ -277,9 +277,9 @@ def build_icesegnet(cfg) -> EncoderDecoder:
     Defaults: :data:`ICESEGNET_DEFAULTS` (Swin-L, 246,778,380 parameters without the aux head for 4
     classes, 250,909,200 with it); ``cfg.model.kwargs`` overrides them.
     """
-    from iceseg.knet import IterativeDecodeHead
-    from iceseg.sefpn import SEFPN
-    from iceseg.uper import UPerSCAMTLHead
+    from iceseg.models.knet import IterativeDecodeHead
+    from iceseg.models.sefpn import SEFPN
+    from iceseg.models.uper import UPerSCAMTLHead
 
     k = _model_kwargs(cfg, ICESEGNET_DEFAULTS)
     backbone = _swin(k["backbone"], cfg.data.in_channels)
@@ -299,8 +299,8 @@ def build_knet(cfg) -> EncoderDecoder:
     """Stock K-Net baseline (mmseg ``knet-s3_swin-l_upernet``): Swin -> K-Net head on UPerHead, FCN aux on
     backbone level 2 (``concat_input=False``, weight 0.4). Defaults :data:`KNET_DEFAULTS` (245,088,408
     parameters without the aux head for 4 classes)."""
-    from iceseg.knet import IterativeDecodeHead
-    from iceseg.uper import UPerHead
+    from iceseg.models.knet import IterativeDecodeHead
+    from iceseg.models.uper import UPerHead
 
     k = _model_kwargs(cfg, KNET_DEFAULTS)
     backbone = _swin(k["backbone"], cfg.data.in_channels)
@@ -317,8 +317,8 @@ def build_deeplab_multitask(cfg) -> nn.Module:
     ``dropout``); ``cfg.loss.task_weights`` weighs the heads; ``cfg.model.pretrained`` may be a
     torchvision ResNet, a seed checkpoint or an iceseg state dict (``deeplab.load_pretrained``).
     """
-    from iceseg.deeplab import MultiTaskDeepLab, load_pretrained
     from iceseg.losses import MultiTaskLoss
+    from iceseg.models.deeplab import MultiTaskDeepLab, load_pretrained
 
     kwargs = dict(cfg.model.kwargs)
     tasks = dict(kwargs.pop("tasks", {"SIC": 1, "SOD": 7, "FLOE": 8}))

@@ -1,6 +1,6 @@
 """Copied helpers stay identical to their source (house style §4.1.3, like HF's check_copies).
 
-A line ``# Copied from iceseg.<module>.<Name>`` directly above a top-level class or function marks
+A line ``# Copied from iceseg.<module path>.<Name>`` directly above a top-level class or function marks
 a copy; its source text must equal the original's.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MARK = re.compile(r"^# Copied from iceseg\.(\w+)\.(\w+)\s*$")
+MARK = re.compile(r"^# Copied from iceseg\.([\w.]+)\.(\w+)\s*$")
 
 
 def _top_level_source(path: Path, name: str) -> str:
@@ -23,7 +23,7 @@ def _top_level_source(path: Path, name: str) -> str:
 
 
 def _copies():
-    for path in sorted(ROOT.glob("iceseg/*.py")):
+    for path in sorted(ROOT.glob("iceseg/**/*.py")):
         lines = path.read_text().splitlines()
         for i, line in enumerate(lines):
             m = MARK.match(line)
@@ -42,6 +42,6 @@ def test_there_are_copies_to_check():
 
 @pytest.mark.parametrize("path,name,module,source_name", COPIES, ids=[f"{p.stem}.{n}" for p, n, _, _ in COPIES])
 def test_copy_matches_source(path, name, module, source_name):
-    original = _top_level_source(ROOT / "iceseg" / f"{module}.py", source_name)
+    original = _top_level_source(ROOT / "iceseg" / f"{module.replace('.', '/')}.py", source_name)
     copy = _top_level_source(path, name)
     assert copy == original.replace(source_name, name), f"{path.name}:{name} drifted from iceseg.{module}.{source_name}"

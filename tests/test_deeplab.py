@@ -1,7 +1,7 @@
 """Multi-task DeepLab (iceseg/deeplab.py): golden parity with torchvision's ASPP / ResNet-152 and the
 AutoICE seed model, the 2x2-pool crop invariance, checkpoint loading and the parameter count.
 
-The golden file is written by scripts/make_golden_aspp.py (torchvision 0.28); weights and inputs
+The golden file is written by dev/make_golden_aspp.py (torchvision 0.28); weights and inputs
 are regenerated here from key names with tests/golden.py, so torchvision is not needed.
 """
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from iceseg.deeplab import (
+from iceseg.models.deeplab import (
     ASPP,
     MultiTaskDeepLab,
     autoice_deeplab,

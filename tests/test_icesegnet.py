@@ -1,7 +1,7 @@
 """IceSegNet and the K-Net baseline: parameter counts, mmseg K-Net golden parity, hand-computed SCA / SEFPN /
 DWS references, edge modes, checkpoint loading, configs and the train/test scripts.
 
-The golden file is written by scripts/make_golden_knet.py (mmseg 1.2.2); weights are regenerated here from its
+The golden file is written by dev/make_golden_knet.py (mmseg 1.2.2); weights are regenerated here from its
 key names with tests/golden.py, so mmseg is not needed.
 """
 
@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 
 import configs
-from iceseg import knet, sefpn, uper
 from iceseg.losses import edge_target
-from iceseg.sefpn import SEFPN
+from iceseg.models import knet, sefpn, uper
+from iceseg.models.sefpn import SEFPN
+from iceseg.models.uper import DepthwiseSeparableConv, SpatialCrossAttention, UPerSCAMTLHead
 from iceseg.segmentor import EncoderDecoder, build_model, convert_mmseg_segmentor, load_segmentor_checkpoint
-from iceseg.uper import DepthwiseSeparableConv, SpatialCrossAttention, UPerSCAMTLHead
 from tests import golden as _golden
 from tests.conftest import assert_scores_equal_validation, run_script
 
@@ -217,7 +217,7 @@ def test_copied_conv_module_matches_its_source():
     src = inspect.getsource(uper.ConvModule)
     for mod in (sefpn, knet):
         text = inspect.getsource(mod)
-        assert "# Copied from iceseg.uper.ConvModule\n" + src in text, mod.__name__
+        assert "# Copied from iceseg.models.uper.ConvModule\n" + src in text, mod.__name__
 
 
 def test_edge_target_hand_computed():

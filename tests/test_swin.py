@@ -1,6 +1,6 @@
 """Swin backbone: golden parity with mmseg 1.2.2 and timm, parameter counts, converters, loader, padding.
 
-The golden files are written by scripts/make_golden_swin.py; weights are regenerated here from their
+The golden files are written by dev/make_golden_swin.py; weights are regenerated here from their
 key names with tests/golden.py, so neither mmseg nor timm is needed.
 """
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from iceseg.swin import (
+from iceseg.models.swin import (
     SwinTransformer,
     convert_mmseg_swin,
     convert_official_swin,
@@ -240,7 +240,7 @@ def test_fused_attention_matches_explicit():
 @pytest.mark.parametrize("bias", [True, False])
 def test_onednn_linear_matches_f_linear_forward_and_backward(bias):
     """The CPU fast path (1x1 conv on oneDNN) against F.linear: values and gradients; exact fallback when off."""
-    from iceseg.swin import Linear
+    from iceseg.models.swin import Linear
 
     torch.manual_seed(0)
     layer = Linear(24, 40, bias=bias)
@@ -312,7 +312,7 @@ def test_mlp_recompute_act_frees_gelu_output_same_grads(onednn):
     bit-identical (dropout too: the checkpoint replays the RNG); oneDNN conv and BLAS linear paths."""
     import weakref
 
-    from iceseg.swin import Mlp
+    from iceseg.models.swin import Mlp
 
     torch.manual_seed(0)
     plain, sac = Mlp(16, 64, drop=0.2), Mlp(16, 64, drop=0.2, recompute_act=True)
@@ -341,7 +341,7 @@ def test_mlp_recompute_act_frees_gelu_output_same_grads(onednn):
 
 
 def test_file_runs_alone(tmp_path):
-    src = Path(__file__).parents[1] / "iceseg" / "swin.py"
+    src = Path(__file__).parents[1] / "iceseg" / "models" / "swin.py"
     tree = ast.parse(src.read_text())
     mods = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     mods |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}

@@ -1,6 +1,6 @@
 """U-Net++ (ResNet-34): golden parity with smp 0.6.0, key layout, first-conv rule, loaders.
 
-The golden file is written by scripts/make_golden_unetpp.py; weights are regenerated here from
+The golden file is written by dev/make_golden_unetpp.py; weights are regenerated here from
 its key names with tests/golden.py, so smp is not needed.
 """
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from iceseg.unetpp import (
+from iceseg.models.unetpp import (
     UNetPlusPlus,
     convert_smp_unetpp,
     convert_torchvision_resnet,

@@ -1,6 +1,6 @@
 """Dev-only helpers to import the reference libraries next to a CPU-only torch.
 
-Used by the golden-tensor scripts (``scripts/make_golden_*.py``) and the benchmark; the library
+Used by the golden-tensor scripts (``dev/make_golden_*.py``) and the benchmark; the library
 and its tests never import this file.
 
 - The PyPI torchvision 0.28 wheel is a CUDA build; on the CPU torch its import fails with

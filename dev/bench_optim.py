@@ -1,6 +1,6 @@
 """Time one AdamW step over Swin-L's parameters: torch's default CPU implementation vs ``fused=True``.
 
-    python scripts/bench_optim.py [--threads 2] [--repeats 5]
+    python dev/bench_optim.py [--threads 2] [--repeats 5]
 
 Dev tool for issue 7 (``optim.fused``). Gradients are random and fixed; prints the median seconds per step.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from iceseg.swin import SwinTransformer, swin_large  # noqa: E402
+from iceseg.models.swin import SwinTransformer, swin_large  # noqa: E402
 
 
 def main() -> None:

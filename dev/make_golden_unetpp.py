@@ -15,7 +15,7 @@ Needs the reference venv (see notes/PREAMBLE.md), e.g.
     python -m venv --system-site-packages /work/venv-ref
     /work/venv-ref/bin/pip install --no-deps segmentation-models-pytorch==0.6.0 "torchvision==0.28.*" timm
     /work/venv-ref/bin/pip install huggingface-hub safetensors tqdm pyyaml
-    /work/venv-ref/bin/python scripts/make_golden_unetpp.py
+    /work/venv-ref/bin/python dev/make_golden_unetpp.py
 
 The PyPI torchvision wheel does not import on CPU-only torch (pytorch/vision#9085: its compiled
 ops are missing); the schemas it looks up at import time are declared below first.
@@ -28,7 +28,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "dev"))
 from refenv import allow_torchvision_import, load_golden  # noqa: E402
 
 allow_torchvision_import()

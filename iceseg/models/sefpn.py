@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-# Copied from iceseg.uper.ConvModule
+# Copied from iceseg.models.uper.ConvModule
 class ConvModule(nn.Module):
     """Conv2d, then optional BatchNorm2d, then optional ReLU (mmcv ``ConvModule`` layout: ``conv``, ``bn``).
 

@@ -1,6 +1,6 @@
 """Time the distance maps Lossd needs: a batch of 8 label maps of 1024 x 1024 with 7 classes (issue 6).
 
-    python scripts/bench_distance.py [--batch 8] [--size 1024] [--classes 7] [--repeat 5]
+    python dev/bench_distance.py [--batch 8] [--size 1024] [--classes 7] [--repeat 5]
 
 Prints the best and median wall time of ``iceseg.distance.class_distance_maps`` (Manhattan, K = 50:
 inside and outside maps of every class as float32), plus one Euclidean run and the BFscore test

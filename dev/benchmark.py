@@ -1,6 +1,6 @@
 """Benchmark every iceseg model against its reference implementation in the same run (issue 7).
 
-    python benchmark.py [--cases all|a,b,...] [--repeats 3] [--warmup 0] [--mem-passes 1] [--mem-procs 3] [--device cpu] [--threads 2]
+    python dev/benchmark.py [--cases all|a,b,...] [--repeats 3] [--warmup 0] [--mem-passes 1] [--mem-procs 3] [--device cpu] [--threads 2]
                         [--json bench.json] [--quick] [--no-ref]
 
 Dev tool (not part of the library). Each implementation of each case runs in two fresh subprocesses
@@ -23,7 +23,7 @@ the live tensors plus library scratch (oneDNN's) rather than which free heap pag
 With glibc's sliding threshold (or one pinned only after the model was built), large blocks reused heap chunks
 freed earlier, a pass's RSS counted every page it touched, and the same pass of the same model varied by up to
 2x between processes (DeepLab 768^2: 157-216 MiB); with the fixed threshold it repeats to ~1 MiB and matches the
-live-tensor peak of ``scripts/tensor_peak.py`` (Swin-L inference: 148.8 vs 147.3 MiB). ``--mem-procs`` (3) such
+live-tensor peak of ``dev/tensor_peak.py`` (Swin-L inference: 148.8 vs 147.3 MiB). ``--mem-procs`` (3) such
 processes still run and the median is reported (all are in the JSON). On CUDA: ``torch.cuda.max_memory_allocated``
 over the pass minus the memory allocated before it.
 
@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # the checkout (this file is dev/benchmark.py)
 sys.path.insert(0, str(ROOT))
 
 # name -> (description, full-size settings, --quick settings)
@@ -185,19 +185,19 @@ def measure_memory(fn, device: torch.device, passes: int) -> dict:
 
 @functools.lru_cache(maxsize=None)  # one module object per script: refenv's op library must stay alive
 def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"iceseg_bench_{name}", ROOT / "scripts" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"iceseg_bench_{name}", ROOT / "dev" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
 def _tv_schemas() -> None:
-    """Let the PyPI torchvision wheel import on CPU torch (scripts/refenv.py, pytorch/vision#9085)."""
+    """Let the PyPI torchvision wheel import on CPU torch (dev/refenv.py, pytorch/vision#9085)."""
     _load_script("refenv").allow_torchvision_import()
 
 
 def _mmseg_models():
-    """mmseg's MODELS registry with a stub ``mmcv.ops`` (mmcv-lite has no compiled ops; scripts/refenv.py)."""
+    """mmseg's MODELS registry with a stub ``mmcv.ops`` (mmcv-lite has no compiled ops; dev/refenv.py)."""
     refenv = _load_script("refenv")
     refenv.allow_torchvision_import()
     refenv.stub_mmcv_ops()
@@ -279,7 +279,7 @@ def _bench_fns(runs: dict, models: dict, train: bool, loss=None, fused: bool = F
 
 
 def _swin(s, device, quick, use_ref, train):
-    from iceseg.swin import SwinTransformer, convert_timm_swin, swin_large, swin_tiny
+    from iceseg.models.swin import SwinTransformer, convert_timm_swin, swin_large, swin_tiny
 
     H, W = s["size"]
     preset, timm_name = (swin_tiny, "swin_tiny_patch4_window7_224") if quick else \
@@ -416,7 +416,7 @@ def case_knet_train_512(s, device, quick, use_ref):
 
 
 def _unetpp(s, device, quick, use_ref, train):
-    from iceseg.unetpp import UNetPlusPlus, convert_smp_unetpp
+    from iceseg.models.unetpp import UNetPlusPlus, convert_smp_unetpp
 
     H, W = s["size"]
     ours = UNetPlusPlus(in_channels=5, num_classes=1).to(device)
@@ -449,7 +449,7 @@ def case_unetpp_train_512(s, device, quick, use_ref):
 
 
 def _deeplab_models(device, use_ref):
-    from iceseg.deeplab import autoice_deeplab, convert_seed_checkpoint
+    from iceseg.models.deeplab import autoice_deeplab, convert_seed_checkpoint
 
     ours = autoice_deeplab(18).to(device)
     models, found = {"ours": ours}, {}

@@ -1,6 +1,6 @@
 """Peak of live tensor bytes during one pass of a benchmark case, and the largest tensors alive at that moment.
 
-    python scripts/tensor_peak.py CASE [--impl ours|timm|mmseg|smp|torchvision] [--quick]
+    python dev/tensor_peak.py CASE [--impl ours|timm|mmseg|smp|torchvision] [--quick]
 
 Dev tool for issue 7: the deterministic counterpart of benchmark.py's RSS figure (the CPU analogue of
 ``torch.cuda.max_memory_allocated``). A ``TorchDispatchMode`` adds the storage bytes of every op output whose

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-# Copied from iceseg.uper.ConvModule
+# Copied from iceseg.models.uper.ConvModule
 class ConvModule(nn.Module):
     """Conv2d, then optional BatchNorm2d, then optional ReLU (mmcv ``ConvModule`` layout: ``conv``, ``bn``).
 
@@ -249,7 +249,7 @@ class IterativeDecodeHead(nn.Module):
 
     Args:
         kernel_generate_head: a head with ``forward_feature(list) -> (B, C, H, W)``, ``cls_seg(feats)``,
-            a 1x1 ``conv_seg`` (``N x C x 1 x 1`` weight) and ``channels`` = C, e.g. ``iceseg.uper.UPerHead``;
+            a 1x1 ``conv_seg`` (``N x C x 1 x 1`` weight) and ``channels`` = C, e.g. ``iceseg.models.uper.UPerHead``;
             ``forward_edge(feats)`` is needed only for ``return_edge``.
         num_stages: S (3).
         feedforward_channels: ``F`` per stage (baseline 2048 x3; IceSegNet 2048, 1024, 512).

@@ -7,7 +7,7 @@ Dev-only: needs the reference libraries, installed in a separate venv (never in 
         timm torchvision==0.28.0
     /work/venv-ref/bin/pip install addict termcolor yapf rich regex prettytable packaging ftfy \
         opencv-python-headless huggingface_hub safetensors pyyaml
-    /work/venv-ref/bin/python scripts/make_golden_swin.py
+    /work/venv-ref/bin/python dev/make_golden_swin.py
 
 mmcv-lite has no compiled ops, so a stub ``mmcv.ops`` module is put in ``sys.modules`` before mmseg is
 imported, and the PyPI torchvision wheel needs its ``nms``/``qnms`` op schemas defined on CPU torch
@@ -34,12 +34,12 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+sys.path[:0] = [str(ROOT), str(ROOT / "dev")]
 from refenv import allow_torchvision_import, load_golden, stub_mmcv_ops  # noqa: E402
 
 seeded_state_dict, seeded_tensor = load_golden().seeded_state_dict, load_golden().seeded_tensor
 
-from iceseg.swin import (  # noqa: E402
+from iceseg.models.swin import (  # noqa: E402
     SwinTransformer,
     convert_to_official_swin,
     load_pretrained,

@@ -19,7 +19,7 @@ inputs), so the asset holds key names, shapes and outputs only (< 1 MB):
 
 Run with the reference venv (see notes/PREAMBLE.md):
 
-    /work/venv-ref/bin/python scripts/make_golden_aspp.py
+    /work/venv-ref/bin/python dev/make_golden_aspp.py
 
 The PyPI torchvision wheel does not import on CPU-only torch (pytorch/vision#9085); the op
 schemas it looks up at import time are declared first.
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "assets" / "aspp_golden.pt"
 
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "dev"))
 from refenv import allow_torchvision_import, load_golden  # noqa: E402
 
 allow_torchvision_import()

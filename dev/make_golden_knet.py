@@ -1,9 +1,9 @@
 """Write the K-Net golden asset ``tests/assets/knet_mmseg.pt`` from mmseg 1.2.2's K-Net.
 
-Dev-only: needs the reference venv described in scripts/make_golden_swin.py (mmsegmentation 1.2.2,
+Dev-only: needs the reference venv described in dev/make_golden_swin.py (mmsegmentation 1.2.2,
 mmengine, mmcv-lite with a stub ``mmcv.ops``), then
 
-    /work/venv-ref/bin/python scripts/make_golden_knet.py
+    /work/venv-ref/bin/python dev/make_golden_knet.py
 
 Reference model: the ``knet-s3_swin-t_upernet_8xb2-adamw-80k_ade20k-512x512`` config (Swin-T, UPerHead
 kernel generator, 3 KernelUpdateHeads with FFN 2048 and 8 heads, FCN aux head on level 2 with
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+sys.path[:0] = [str(ROOT), str(ROOT / "dev")]
 from refenv import allow_torchvision_import, load_golden, stub_mmcv_ops  # noqa: E402
 
 _golden = load_golden()

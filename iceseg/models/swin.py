@@ -7,7 +7,7 @@ Numerics follow open-mmlab/mmsegmentation v1.2.2 ``mmseg/models/backbones/swin.p
 backbone, spec ``icesegnet.md`` §1.2); parameter names and the 2x2 patch-merging channel order follow
 microsoft/Swin-Transformer ``models/swin_transformer.py`` (spec §9.1), so official ``.pth`` files load
 with renames only. Written from those facts; no code was copied. Parity with mmseg and timm is pinned by
-``tests/test_swin.py`` (assets made by ``scripts/make_golden_swin.py``).
+``tests/test_swin.py`` (assets made by ``dev/make_golden_swin.py``).
 
 Behaviour (mmseg order, which matters whenever a stage size is not a multiple of the window):
     patch embed pads the image bottom/right to a multiple of ``patch_size``; each block pads the map
