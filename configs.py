@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from iceseg.models.swin import SwinConfig, swin_large, swin_tiny
+
 
 @dataclass
 class DataConfig:
@@ -41,12 +43,66 @@ class DataConfig:
     kwargs: dict = field(default_factory=dict)  # dataset-specific options (AutoICE: patch_size px, downsample, ...)
 
 
+# --------------------------------------------------------------------------- model families (model.arch)
+
+@dataclass
+class UNetPPConfig:
+    """U-Net++ with a ResNet34 encoder (iceseg/models/unetpp.py; smp ``UnetPlusPlus`` arguments)."""
+    decoder_channels: tuple = (256, 128, 64, 32, 16)  # decoder width per depth, deepest first
+    decoder_attention_type: str = ""  # "" (none) or "scse"
+    decoder_interpolation: str = "nearest"  # upsampling in the decoder
+
+
+@dataclass
+class KNetConfig:
+    """K-Net: Swin -> (neck) -> kernel-generate head -> iterative kernel-update stages, FCN auxiliary head
+    (mmseg ``knet-s3_swin-l_upernet``; spec icesegnet.md §1). ``backbone.in_chans`` must equal data.in_channels."""
+    backbone: SwinConfig = field(default_factory=lambda: swin_large(drop_path_rate=0.3))
+    channels: int = 512  # decode head width C (kernel dimension)
+    feedforward_channels: list = field(default_factory=lambda: [2048, 2048, 2048])  # FFN width per update stage
+    num_heads: list = field(default_factory=lambda: [8, 8, 8])  # kernel attention heads per update stage
+    dropout_ratio: float = 0.1  # Dropout2d before conv_seg and the aux classifier
+    aux: bool = True  # FCN auxiliary head (training only)
+    aux_channels: int = 256
+    aux_concat_input: bool = False
+    decode_loss_weight: float = 1.0  # CE weight of every decode stage
+    aux_loss_weight: float = 0.4
+
+
+@dataclass
+class IceSegNetConfig(KNetConfig):
+    """IceSegNet: Swin -> SEFPN -> UPerSCA-MTL kernels -> stage-aware K-Net (FFN 2048/1024/512, heads 16/8/4)."""
+    neck_channels: int = 768  # SEFPN width
+    feedforward_channels: list = field(default_factory=lambda: [2048, 1024, 512])
+    num_heads: list = field(default_factory=lambda: [16, 8, 4])
+    aux_concat_input: bool = True
+    decode_loss_weight: float = 0.9
+    aux_loss_weight: float = 0.5
+    edge_mode: str = "published"  # "published" (edge convs built, no loss: the authors' code) or "paper" (edge BCE)
+    edge_loss_weight: float = 0.1
+
+
+@dataclass
+class DeepLabConfig:
+    """Multi-task DeepLab for AutoICE (iceseg/models/deeplab.py; spec autoice.md §1)."""
+    tasks: dict = field(default_factory=lambda: {"SIC": 1, "SOD": 7, "FLOE": 8})  # {chart: outputs}, SIC regression
+    layers: tuple = (3, 8, 36)  # ResNet-152 blocks of layer1..layer3 (cut after layer3)
+    atrous_rates: tuple = (12, 24, 36)  # ASPP dilations
+    aspp_channels: int = 32  # ASPP width
+    pool: str = "avg2"  # ASPP pooling branch: "avg2" (2x2 average pool, the seed) or "global"
+    dropout: float = 0.5  # ASPP projection dropout
+
+
+MODEL_ARCHS = {"unetpp": UNetPPConfig, "icesegnet": IceSegNetConfig, "knet": KNetConfig,
+               "deeplab_multitask": DeepLabConfig}
+
+
 @dataclass
 class ModelConfig:
-    name: str = "unetpp"  # key of iceseg.segmentor.MODELS
+    name: str = "unetpp"  # key of iceseg.segmentor.MODELS and MODEL_ARCHS
     num_classes: int = 1  # output channels (1 = one sigmoid logit for a binary task)
     pretrained: str = ""  # local checkpoint path (torchvision/smp/official layouts), "" = random init
-    kwargs: dict = field(default_factory=dict)  # extra constructor arguments of the model
+    arch: Any = field(default_factory=UNetPPConfig)  # the family's hyper-parameters: MODEL_ARCHS[name]
 
 
 @dataclass
@@ -211,7 +267,8 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
 def apply_overrides(cfg: Config, args: list[str]) -> list[str]:
     """Apply ``--a.b=value`` overrides in place and return them as ``a.b=value`` strings.
 
-    Dotted paths walk dataclass fields and existing dict keys (``--model.kwargs.depth=2``).
+    Dotted paths walk dataclass fields and existing dict keys (``--model.arch.num_heads=[8,8,8]``,
+    ``--data.kwargs.patch_size=512``).
 
     Raises:
         ValueError: malformed argument.
@@ -252,18 +309,51 @@ def to_dict(cfg: Config) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def from_dict(d: dict) -> Config:
-    """Rebuild a :class:`Config` from :func:`to_dict` output (tuples restored by field type)."""
-    cfg = Config()
-    for section in dataclasses.fields(Config):
-        if section.name == "name":
-            cfg.name = d.get("name", "")
+def _fill(obj, d: dict):
+    """Set ``obj``'s fields from plain data ``d`` (nested dataclasses recursively, tuples by field type)."""
+    for f in dataclasses.fields(obj):
+        if f.name not in d:
             continue
-        sub = getattr(cfg, section.name)
-        for f in dataclasses.fields(sub):
-            if f.name in d.get(section.name, {}):
-                v = d[section.name][f.name]
-                setattr(sub, f.name, tuple(v) if isinstance(getattr(sub, f.name), tuple) else v)
+        current, v = getattr(obj, f.name), d[f.name]
+        if dataclasses.is_dataclass(current) and isinstance(v, dict):
+            _fill(current, v)
+        else:
+            setattr(obj, f.name, tuple(v) if isinstance(current, tuple) else v)
+    return obj
+
+
+def _legacy_arch(name: str, kwargs: dict):
+    """The typed ``model.arch`` of a config stored before it existed (``model.kwargs`` over the builder defaults;
+    a Swin backbone was ``{"preset": name, **SwinConfig overrides}``)."""
+    import iceseg.models.swin as swin
+
+    kwargs = dict(kwargs)
+    arch = MODEL_ARCHS[name]()
+    if "backbone" in kwargs:
+        spec = dict(kwargs.pop("backbone"))
+        arch.backbone = _fill(getattr(swin, spec.pop("preset", "swin_large"))(), spec)
+    if name == "deeplab_multitask" and "tasks" in kwargs:
+        arch.tasks = dict(kwargs.pop("tasks"))
+    return _fill(arch, {k: ("" if v is None else v) for k, v in kwargs.items()})
+
+
+def from_dict(d: dict) -> Config:
+    """Rebuild a :class:`Config` from :func:`to_dict` output (a ``config.json`` or a checkpoint's ``config``).
+
+    Tuples are restored by field type; ``model.arch`` becomes ``MODEL_ARCHS[model.name]``. A config stored
+    before the typed families (free-form ``model.kwargs``) is converted to its ``model.arch``.
+    """
+    cfg = Config()
+    cfg.name = d.get("name", "")
+    model = dict(d.get("model", {}))
+    name = model.get("name", cfg.model.name)
+    legacy = model.pop("kwargs", None)
+    cfg.model.arch = MODEL_ARCHS[name]() if name in MODEL_ARCHS else None
+    for section in dataclasses.fields(Config):
+        if section.name != "name":
+            _fill(getattr(cfg, section.name), model if section.name == "model" else d.get(section.name, {}))
+    if legacy is not None and name in MODEL_ARCHS:
+        cfg.model.arch = _legacy_arch(name, legacy)
     return cfg
 
 
@@ -303,7 +393,7 @@ def unetpp_glacier_debug() -> Config:
     cfg.data.root = "work_dirs/unetpp_glacier_debug/data"
     cfg.data.synthetic = "glacier"
     cfg.data.batch_size, cfg.data.num_workers = 2, 0
-    cfg.model.kwargs = {"decoder_channels": [32, 16, 16, 8, 8]}
+    cfg.model.arch.decoder_channels = (32, 16, 16, 8, 8)
     cfg.train.work_dir = "work_dirs/unetpp_glacier_debug"
     cfg.train.max_epochs, cfg.train.log_interval = 3, 2
     return cfg
@@ -319,10 +409,9 @@ def demo() -> Config:
     cfg.data.train_pipeline = [{"type": "RandomCrop", "crop_size": (128, 128), "cat_max_ratio": 0.75},
                                {"type": "RandomFlip", "prob": 0.5, "direction": "horizontal"},
                                {"type": "PhotoMetricDistortion"}, dict(NWPU_NORMALIZE)]
-    cfg.model.kwargs.update(backbone={"preset": "swin_tiny", "embed_dim": 32, "depths": [2, 2, 2, 2],
-                                      "num_heads": [1, 2, 4, 8], "drop_path_rate": 0.1},
-                            neck_channels=64, channels=64, feedforward_channels=[256, 128, 64], num_heads=[8, 4, 2],
-                            aux_channels=32)
+    cfg.model.arch = dataclasses.replace(
+        cfg.model.arch, backbone=swin_tiny(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), drop_path_rate=0.1),
+        neck_channels=64, channels=64, feedforward_channels=[256, 128, 64], num_heads=[8, 4, 2], aux_channels=32)
     cfg.optim.lr, cfg.optim.weight_decay = 1e-3, 0.01  # from scratch: higher lr than the fine-tuning recipe
     cfg.schedule = ScheduleConfig(name="cosine", warmup_iters=20, min_lr=1e-5)
     cfg.train = TrainConfig(work_dir="work_dirs/demo", max_iters=300, val_interval=100, ckpt_interval=100,
@@ -351,14 +440,13 @@ def icesegnet_yrcc2() -> Config:
 
     Total batch 8 = 2 processes x 4 (one GPU: ``--data.batch_size=8`` or ``--train.accum_steps=2``).
     Set ``--model.pretrained=<swin_large_patch4_window7_224_22k*.pth>`` (official or mmseg layout) to
-    start from ImageNet-22K as the authors did; ``--model.kwargs.edge_mode=paper`` trains the edge branch.
+    start from ImageNet-22K as the authors did; ``--model.arch.edge_mode=paper`` trains the edge branch.
     """
     cfg = Config()
     cfg.data = DataConfig(dataset="NWPU_YRCC2", root="data/NWPU_YRCC2", num_classes=4, batch_size=4, num_workers=4,
                           train_pipeline=nwpu_train_pipeline((2048, 1024), (512, 512)),
                           test_pipeline=[dict(NWPU_NORMALIZE)])
-    cfg.model = ModelConfig(name="icesegnet", num_classes=4, kwargs={
-        "backbone": {"preset": "swin_large", "drop_path_rate": 0.3}, "edge_mode": "published"})
+    cfg.model = ModelConfig(name="icesegnet", num_classes=4, arch=IceSegNetConfig())  # Swin-L, dpr 0.3
     cfg.loss = LossConfig(name="ce", avg_non_ignore=False)  # heads: CE x0.9 on s0..s3, aux x0.5 (model defaults)
     cfg.optim = OptimConfig(name="adamw", lr=6e-5, weight_decay=5e-4, clip_grad=1.0,
                             no_decay=["absolute_pos_embed", "relative_position_bias_table", "norm"])  # mmseg
@@ -389,7 +477,7 @@ def icesegnet_yrcc_ex() -> Config:
 def knet_yrcc2() -> Config:
     """K-Net baseline (mmseg knet-s3 Swin-L UPerNet, 245 M; aux x0.4 on Swin level 2) with IceSegNet's recipe."""
     cfg = icesegnet_yrcc2()
-    cfg.model.name, cfg.model.kwargs = "knet", {"backbone": {"preset": "swin_large", "drop_path_rate": 0.3}}
+    cfg.model.name, cfg.model.arch = "knet", KNetConfig()
     cfg.train.work_dir = "work_dirs/knet_yrcc2"
     return cfg
 
@@ -399,9 +487,9 @@ def _nwpu_debug(cfg: Config, name: str, heads: dict) -> Config:
     cfg.data.root, cfg.data.synthetic = f"work_dirs/{name}/data", "river_ice"
     cfg.data.batch_size, cfg.data.num_workers = 2, 0
     cfg.data.train_pipeline = nwpu_train_pipeline((400, 160), (96, 96))
-    cfg.model.kwargs.update(backbone={"preset": "swin_tiny", "embed_dim": 16, "depths": [2, 2, 2, 2],
-                                      "num_heads": [1, 2, 2, 4], "drop_path_rate": 0.1},
-                            channels=32, aux_channels=16, **heads)
+    cfg.model.arch = dataclasses.replace(
+        cfg.model.arch, backbone=swin_tiny(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), drop_path_rate=0.1),
+        channels=32, aux_channels=16, **heads)
     cfg.schedule.warmup_iters, cfg.schedule.t_max = 1, 0
     cfg.train = TrainConfig(work_dir=f"work_dirs/{name}", seed=42, max_iters=4, val_interval=4, ckpt_interval=4,
                             log_interval=1, sync_bn_exclude=cfg.train.sync_bn_exclude)
@@ -444,8 +532,7 @@ def deeplab_autoice() -> Config:
     cfg.data = DataConfig(dataset="AutoICE", root="data/ai4arctic", num_classes=11, in_channels=18, batch_size=16,
                           num_workers=8, kwargs={"patch_size": 768, "patches_per_epoch": 608 * 16, "min_valid": 0.3,
                                                  "downsample": 1})
-    cfg.model = ModelConfig(name="deeplab_multitask", num_classes=11,
-                            kwargs={"tasks": {"SIC": 1, "SOD": 7, "FLOE": 8}, "pool": "avg2"})
+    cfg.model = ModelConfig(name="deeplab_multitask", num_classes=11, arch=DeepLabConfig())  # SIC 1, SOD 7, FLOE 8
     cfg.loss = LossConfig(name="multitask", task_weights={"SIC": 1.0, "SOD": 1.0, "FLOE": 1.0})
     cfg.optim = OptimConfig(name="adam", lr=1e-5, weight_decay=0.0)
     cfg.schedule = ScheduleConfig(name="plateau", plateau_factor=0.5, plateau_patience=4, plateau_metric="loss",
@@ -465,7 +552,7 @@ def deeplab_autoice_debug() -> Config:
     cfg.data.root, cfg.data.synthetic = "work_dirs/deeplab_autoice_debug/data", "autoice"
     cfg.data.batch_size, cfg.data.num_workers = 2, 0
     cfg.data.kwargs.update(patch_size=64, patches_per_epoch=8)
-    cfg.model.kwargs.update(layers=[1, 1, 1], aspp_channels=8)
+    cfg.model.arch.layers, cfg.model.arch.aspp_channels = (1, 1, 1), 8
     cfg.optim.lr = 1e-3
     cfg.train.work_dir, cfg.train.max_epochs, cfg.train.log_interval = "work_dirs/deeplab_autoice_debug", 2, 1
     cfg.eval.crop_size, cfg.eval.stride = (96, 96), (64, 64)
@@ -548,7 +635,7 @@ def unetpp_loveda_debug() -> Config:
     cfg = unetpp_loveda()
     cfg.data.root, cfg.data.batch_size, cfg.data.num_workers = "../shared/data/loveda_samples", 2, 0
     cfg.data.train_pipeline = [{"type": "Resize", "scale": (64, 64)}, *cfg.data.train_pipeline[2:]]
-    cfg.model.kwargs = {"decoder_channels": [32, 16, 16, 8, 8]}
+    cfg.model.arch.decoder_channels = (32, 16, 16, 8, 8)
     cfg.optim.lr, cfg.schedule.warmup_iters = 1e-3, 0
     cfg.train = TrainConfig(work_dir="work_dirs/unetpp_loveda_debug", max_iters=12, val_interval=12, ckpt_interval=12,
                             log_interval=1, channels_last=True)

@@ -316,11 +316,12 @@ def case_swin_l_train_512(s, device, quick, use_ref):
 
 def _seg_cfg(name, quick):
     import configs
+    from iceseg.models.swin import swin_tiny
 
     cfg = configs.get_config(name)
     cfg.model.pretrained = ""
     if quick:
-        cfg.model.kwargs = {**cfg.model.kwargs, "backbone": {"preset": "swin_tiny", "drop_path_rate": 0.3}}
+        cfg.model.arch.backbone = swin_tiny(drop_path_rate=0.3)
     return cfg
 
 

@@ -37,6 +37,7 @@ from refenv import allow_torchvision_import, load_golden, stub_mmcv_ops  # noqa:
 _golden = load_golden()
 
 import configs  # noqa: E402
+from iceseg.models.swin import swin_tiny  # noqa: E402
 from iceseg.segmentor import build_model, convert_mmseg_segmentor  # noqa: E402
 
 OUTPUT_STRIDE = 7
@@ -89,7 +90,7 @@ def ours_config():
     """The iceseg config the test builds: ``knet_yrcc2`` with a Swin-T backbone and no pretrained file."""
     cfg = configs.get_config("knet_yrcc2")
     cfg.model.pretrained = ""
-    cfg.model.kwargs = {"backbone": {"preset": "swin_tiny", "drop_path_rate": 0.3}}
+    cfg.model.arch.backbone = swin_tiny(drop_path_rate=0.3)
     return cfg
 
 

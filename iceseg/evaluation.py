@@ -174,7 +174,7 @@ class AutoICEEvaluator:
     merges in :meth:`compute`).
 
     Args:
-        cfg: full config (``model.kwargs.tasks``, ``loss.task_weights``, ``data.ignore_index``,
+        cfg: full config (``model.arch.tasks``, ``loss.task_weights``, ``data.ignore_index``,
             ``data.kwargs.downsample``, ``eval.mode/crop_size/stride/submission``).
         device: where the running sums live.
 
@@ -186,7 +186,7 @@ class AutoICEEvaluator:
         from iceseg.losses import MultiTaskLoss
         from iceseg.metrics import RegressionStats
 
-        self.tasks = {t: int(k) for t, k in dict(cfg.model.kwargs.get("tasks", AUTOICE_TASKS)).items()}
+        self.tasks = {t: int(k) for t, k in dict(getattr(cfg.model.arch, "tasks", AUTOICE_TASKS)).items()}
         if not {"SIC", "SOD", "FLOE"} <= set(self.tasks):
             raise ValueError(f"AutoICE evaluator needs tasks SIC, SOD and FLOE, got {list(self.tasks)}")
         E = cfg.eval

@@ -146,59 +146,50 @@ class EncoderDecoder(nn.Module):
             losses.update(self.extra_loss(final, label))
         return losses
 
+def _arch(cfg):
+    """``cfg.model.arch``, checked to be the dataclass of ``cfg.model.name`` (configs.MODEL_ARCHS).
+
+    Raises:
+        ValueError: it belongs to another family (e.g. ``--model.name=knet`` on an IceSegNet config).
+    """
+    from configs import MODEL_ARCHS
+
+    want = MODEL_ARCHS[cfg.model.name]
+    if type(cfg.model.arch) is not want:
+        raise ValueError(f"model.arch is a {type(cfg.model.arch).__name__} but model.name {cfg.model.name!r} needs a "
+                         f"{want.__name__}: start from a config of that family (python train.py --list-configs)")
+    return cfg.model.arch
+
+
 def build_unetpp(cfg) -> nn.Module:
-    """U-Net++ (ResNet34 encoder) from ``cfg.model`` / ``cfg.data`` (see iceseg/unetpp.py)."""
+    """U-Net++ (ResNet34 encoder) from ``cfg.model.arch`` (configs.UNetPPConfig) and ``cfg.data``."""
     from iceseg.models.unetpp import UNetPlusPlus, load_pretrained
 
-    kwargs = dict(cfg.model.kwargs)
-    if "decoder_channels" in kwargs:
-        kwargs["decoder_channels"] = tuple(kwargs["decoder_channels"])
-    net = UNetPlusPlus(in_channels=cfg.data.in_channels, num_classes=cfg.model.num_classes, **kwargs)
+    a = _arch(cfg)
+    net = UNetPlusPlus(in_channels=cfg.data.in_channels, num_classes=cfg.model.num_classes,
+                       decoder_channels=tuple(a.decoder_channels), decoder_attention_type=a.decoder_attention_type or None,
+                       decoder_interpolation=a.decoder_interpolation)
     if cfg.model.pretrained:
         load_pretrained(net, cfg.model.pretrained)
     return net
 
 
-# (builder defaults; cfg.model.kwargs overrides them key by key)
-ICESEGNET_DEFAULTS = {
-    "backbone": {"preset": "swin_large", "drop_path_rate": 0.3},  # iceseg.models.swin preset name + SwinConfig overrides
-    "neck_channels": 768,  # SEFPN width
-    "channels": 512,  # decode head width C
-    "feedforward_channels": [2048, 1024, 512],  # K-Net FFN width per stage
-    "num_heads": [16, 8, 4],  # K-Net attention heads per stage
-    "dropout_ratio": 0.1,  # Dropout2d before conv_seg / the aux classifier
-    "aux": True,  # FCN auxiliary head (training only)
-    "aux_channels": 256,
-    "aux_concat_input": True,
-    "decode_loss_weight": 0.9,
-    "aux_loss_weight": 0.5,
-    "edge_mode": "published",  # "published" (edge convs built, no loss) or "paper" (edge BCE)
-    "edge_loss_weight": 0.1,
-}
-KNET_DEFAULTS = {**ICESEGNET_DEFAULTS, "feedforward_channels": [2048] * 3, "num_heads": [8] * 3,
-                 "aux_concat_input": False, "decode_loss_weight": 1.0, "aux_loss_weight": 0.4}
-del KNET_DEFAULTS["neck_channels"], KNET_DEFAULTS["edge_mode"], KNET_DEFAULTS["edge_loss_weight"]
-SWIN_PRESETS = ("swin_tiny", "swin_small", "swin_base", "swin_large", "swin_base_w12", "swin_large_w12")
+def _swin(cfg, backbone) -> nn.Module:
+    """Swin backbone from a ``SwinConfig`` (lists become tuples), its ``in_chans`` checked against the data.
 
+    Raises:
+        ValueError: ``backbone.in_chans`` differs from ``data.in_channels``.
+    """
+    from dataclasses import fields, replace
 
-def _model_kwargs(cfg, defaults: dict) -> dict:
-    """``defaults`` updated by ``cfg.model.kwargs``; unknown keys raise ValueError listing the valid ones."""
-    unknown = sorted(set(cfg.model.kwargs) - set(defaults))
-    if unknown:
-        raise ValueError(f"model {cfg.model.name!r}: unknown model.kwargs {unknown}; valid: {sorted(defaults)}")
-    return {**defaults, **cfg.model.kwargs}
-
-
-def _swin(spec: dict, in_channels: int) -> nn.Module:
-    """Swin backbone from ``{"preset": name, **SwinConfig overrides}`` (lists become tuples)."""
     from iceseg.models import swin
 
-    spec = dict(spec)
-    preset = spec.pop("preset", "swin_large")
-    if preset not in SWIN_PRESETS:
-        raise ValueError(f"backbone preset {preset!r} unknown; valid: {', '.join(SWIN_PRESETS)}")
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
-    return swin.SwinTransformer(getattr(swin, preset)(in_chans=in_channels, **overrides))
+    if backbone.in_chans != cfg.data.in_channels:
+        raise ValueError(f"model.arch.backbone.in_chans={backbone.in_chans} but data.in_channels="
+                         f"{cfg.data.in_channels}: set both to the band count of the images")
+    tuples = {f.name: tuple(getattr(backbone, f.name)) for f in fields(backbone)
+              if isinstance(getattr(backbone, f.name), list)}
+    return swin.SwinTransformer(replace(backbone, **tuples))
 
 
 def convert_mmseg_segmentor(state_dict: dict) -> dict:
@@ -257,14 +248,14 @@ def load_segmentor_checkpoint(model: EncoderDecoder, path: str) -> str:
     return "segmentor"
 
 
-def _encoder_decoder(cfg, k: dict, backbone: nn.Module, neck, decode_head, aux_levels: list[int]) -> EncoderDecoder:
+def _encoder_decoder(cfg, a, backbone: nn.Module, neck, decode_head, aux_levels: list[int]) -> EncoderDecoder:
     from iceseg.models.uper import FCNHead
 
-    aux = FCNHead(aux_levels, 2, k["aux_channels"], cfg.model.num_classes, concat_input=k["aux_concat_input"],
-                  dropout_ratio=k["dropout_ratio"]) if k["aux"] else None
-    model = EncoderDecoder(backbone, decode_head, neck, aux, k["decode_loss_weight"], k["aux_loss_weight"],
-                           k.get("edge_mode", "published"), k.get("edge_loss_weight", 0.1), cfg.data.ignore_index,
-                           cfg.loss.class_weight or None, cfg.loss.avg_non_ignore,
+    aux = FCNHead(aux_levels, 2, a.aux_channels, cfg.model.num_classes, concat_input=a.aux_concat_input,
+                  dropout_ratio=a.dropout_ratio) if a.aux else None
+    model = EncoderDecoder(backbone, decode_head, neck, aux, a.decode_loss_weight, a.aux_loss_weight,
+                           getattr(a, "edge_mode", "published"), getattr(a, "edge_loss_weight", 0.1),
+                           cfg.data.ignore_index, cfg.loss.class_weight or None, cfg.loss.avg_non_ignore,
                            extra_loss=build_distance_loss(cfg))
     if cfg.model.pretrained:
         load_segmentor_checkpoint(model, cfg.model.pretrained)
@@ -274,56 +265,58 @@ def _encoder_decoder(cfg, k: dict, backbone: nn.Module, neck, decode_head, aux_l
 def build_icesegnet(cfg) -> EncoderDecoder:
     """IceSegNet (spec icesegnet.md §1): Swin -> SEFPN -> K-Net head on UPerSCA-MTL (+ FCN aux on neck level 2).
 
-    Defaults: :data:`ICESEGNET_DEFAULTS` (Swin-L, 246,778,380 parameters without the aux head for 4
-    classes, 250,909,200 with it); ``cfg.model.kwargs`` overrides them.
+    Hyper-parameters: ``cfg.model.arch`` (configs.IceSegNetConfig; defaults: Swin-L, 246,778,380 parameters
+    without the aux head for 4 classes, 250,909,200 with it).
     """
     from iceseg.models.knet import IterativeDecodeHead
     from iceseg.models.sefpn import SEFPN
     from iceseg.models.uper import UPerSCAMTLHead
 
-    k = _model_kwargs(cfg, ICESEGNET_DEFAULTS)
-    backbone = _swin(k["backbone"], cfg.data.in_channels)
-    neck = SEFPN(backbone.out_channels, k["neck_channels"])
-    levels = [k["neck_channels"]] * len(backbone.out_channels)
-    generate = UPerSCAMTLHead(levels, k["channels"], cfg.model.num_classes, dropout_ratio=k["dropout_ratio"])
+    a = _arch(cfg)
+    if a.edge_mode not in ("published", "paper"):
+        raise ValueError(f"model.arch.edge_mode must be 'published' or 'paper', not {a.edge_mode!r}")
+    backbone = _swin(cfg, a.backbone)
+    neck = SEFPN(backbone.out_channels, a.neck_channels)
+    levels = [a.neck_channels] * len(backbone.out_channels)
+    generate = UPerSCAMTLHead(levels, a.channels, cfg.model.num_classes, dropout_ratio=a.dropout_ratio)
     # Convs that never receive a gradient are frozen, so DDP needs no find_unused_parameters (the authors' fix)
     # and the optimizer skips them exactly as it skips gradient-less parameters in mmseg.
     generate.multi_task_head.segmentation_head.requires_grad_(False)  # 19-channel left-over, never run
-    if k["edge_mode"] == "published":
+    if a.edge_mode == "published":
         generate.multi_task_head.edge_detection_head.requires_grad_(False)
-    decode = IterativeDecodeHead(generate, len(k["feedforward_channels"]), k["feedforward_channels"], k["num_heads"])
-    return _encoder_decoder(cfg, k, backbone, neck, decode, levels)
+    decode = IterativeDecodeHead(generate, len(a.feedforward_channels), a.feedforward_channels, a.num_heads)
+    return _encoder_decoder(cfg, a, backbone, neck, decode, levels)
 
 
 def build_knet(cfg) -> EncoderDecoder:
     """Stock K-Net baseline (mmseg ``knet-s3_swin-l_upernet``): Swin -> K-Net head on UPerHead, FCN aux on
-    backbone level 2 (``concat_input=False``, weight 0.4). Defaults :data:`KNET_DEFAULTS` (245,088,408
-    parameters without the aux head for 4 classes)."""
+    backbone level 2 (``concat_input=False``, weight 0.4). Hyper-parameters: ``cfg.model.arch``
+    (configs.KNetConfig; defaults: 245,088,408 parameters without the aux head for 4 classes)."""
     from iceseg.models.knet import IterativeDecodeHead
     from iceseg.models.uper import UPerHead
 
-    k = _model_kwargs(cfg, KNET_DEFAULTS)
-    backbone = _swin(k["backbone"], cfg.data.in_channels)
-    generate = UPerHead(backbone.out_channels, k["channels"], cfg.model.num_classes, dropout_ratio=k["dropout_ratio"])
-    decode = IterativeDecodeHead(generate, len(k["feedforward_channels"]), k["feedforward_channels"], k["num_heads"])
-    return _encoder_decoder(cfg, k, backbone, None, decode, backbone.out_channels)
+    a = _arch(cfg)
+    backbone = _swin(cfg, a.backbone)
+    generate = UPerHead(backbone.out_channels, a.channels, cfg.model.num_classes, dropout_ratio=a.dropout_ratio)
+    decode = IterativeDecodeHead(generate, len(a.feedforward_channels), a.feedforward_channels, a.num_heads)
+    return _encoder_decoder(cfg, a, backbone, None, decode, backbone.out_channels)
 
 
 def build_deeplab_multitask(cfg) -> nn.Module:
     """AutoICE multi-task DeepLab (iceseg/deeplab.py) with its :class:`iceseg.losses.MultiTaskLoss`.
 
-    ``cfg.model.kwargs``: ``tasks`` ({task: K}, default SIC 1 / SOD 7 / FLOE 8) plus
-    ``MultiTaskDeepLab`` arguments (``layers``, ``atrous_rates``, ``aspp_channels``, ``pool``,
-    ``dropout``); ``cfg.loss.task_weights`` weighs the heads; ``cfg.model.pretrained`` may be a
-    torchvision ResNet, a seed checkpoint or an iceseg state dict (``deeplab.load_pretrained``).
+    ``cfg.model.arch`` (configs.DeepLabConfig): ``tasks`` ({task: K}, default SIC 1 / SOD 7 / FLOE 8) and the
+    ``MultiTaskDeepLab`` arguments (``layers``, ``atrous_rates``, ``aspp_channels``, ``pool``, ``dropout``);
+    ``cfg.loss.task_weights`` weighs the heads; ``cfg.model.pretrained`` may be a torchvision ResNet, a seed
+    checkpoint or an iceseg state dict (``deeplab.load_pretrained``).
     """
     from iceseg.losses import MultiTaskLoss
     from iceseg.models.deeplab import MultiTaskDeepLab, load_pretrained
 
-    kwargs = dict(cfg.model.kwargs)
-    tasks = dict(kwargs.pop("tasks", {"SIC": 1, "SOD": 7, "FLOE": 8}))
-    criterion = MultiTaskLoss(tasks, cfg.loss.task_weights, cfg.data.ignore_index)
-    model = MultiTaskDeepLab(cfg.data.in_channels, tasks, criterion=criterion, **kwargs)
+    a = _arch(cfg)
+    criterion = MultiTaskLoss(dict(a.tasks), cfg.loss.task_weights, cfg.data.ignore_index)
+    model = MultiTaskDeepLab(cfg.data.in_channels, dict(a.tasks), tuple(a.layers), tuple(a.atrous_rates),
+                             a.aspp_channels, a.pool, a.dropout, criterion=criterion)
     if cfg.model.pretrained:
         load_pretrained(model, cfg.model.pretrained)
     return model

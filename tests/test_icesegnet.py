@@ -5,6 +5,7 @@ The golden file is written by dev/make_golden_knet.py (mmseg 1.2.2); weights are
 key names with tests/golden.py, so mmseg is not needed.
 """
 
+import dataclasses
 import inspect
 import json
 import math
@@ -18,6 +19,7 @@ import configs
 from iceseg.losses import edge_target
 from iceseg.models import knet, sefpn, uper
 from iceseg.models.sefpn import SEFPN
+from iceseg.models.swin import swin_tiny
 from iceseg.models.uper import DepthwiseSeparableConv, SpatialCrossAttention, UPerSCAMTLHead
 from iceseg.segmentor import EncoderDecoder, build_model, convert_mmseg_segmentor, load_segmentor_checkpoint
 from tests import golden as _golden
@@ -66,7 +68,7 @@ def _knet_swin_t(tmp_path, asset):
     path = tmp_path / "knet_mmseg_layout.pth"
     torch.save({"meta": {}, "state_dict": sd}, path)
     cfg = configs.get_config("knet_yrcc2")
-    cfg.model.kwargs = {"backbone": {"preset": "swin_tiny", "drop_path_rate": 0.3}}
+    cfg.model.arch.backbone = swin_tiny(drop_path_rate=0.3)
     cfg.model.pretrained = str(path)
     return build_model(cfg), sd
 
@@ -233,9 +235,9 @@ def test_edge_target_hand_computed():
                                        [1, 1, 1, 0]]
 
 
-def _debug_model(name="icesegnet_yrcc2_debug", **kwargs):
+def _debug_model(name="icesegnet_yrcc2_debug", **arch):
     cfg = configs.get_config(name)
-    cfg.model.kwargs.update(kwargs)
+    cfg.model.arch = dataclasses.replace(cfg.model.arch, **arch)
     torch.manual_seed(0)
     return build_model(cfg), cfg
 
@@ -286,7 +288,7 @@ def test_stage_and_aux_loss_weights():
         a, b = _deterministic_train(unit)(x, y), _deterministic_train(default)(x, y)
     for k in a:
         torch.testing.assert_close(b[k], a[k] * (0.5 if k.startswith("aux") else 0.9))
-    with pytest.raises(ValueError, match="unknown model.kwargs"):
+    with pytest.raises(TypeError, match="nope"):
         _debug_model(nope=1)
 
 
