@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from iceseg.models.swin import unwrap_state_dict  # noqa: F401  (one definition; model files carry copies)
+
 
 def save_checkpoint(obj: dict, path: str | os.PathLike) -> None:
     """Write ``obj`` to ``path`` atomically.
@@ -119,22 +121,3 @@ def set_rng_state(state: dict | torch.Tensor) -> None:
     if state.get("python") is not None:
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
-
-
-def unwrap_state_dict(ckpt: dict) -> dict:
-    """Return the model state dict inside common checkpoint wrappers.
-
-    Accepts iceseg checkpoints (``model``), mmseg/mmengine (``state_dict``) and bare state dicts,
-    and strips the ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes.
-    """
-    for key in ("model", "state_dict"):
-        if isinstance(ckpt.get(key), dict):
-            ckpt = ckpt[key]
-            break
-    out = {}
-    for k, v in ckpt.items():
-        for prefix in ("module.", "_orig_mod."):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
-    return out

@@ -345,7 +345,7 @@ def test_file_runs_alone(tmp_path):
     tree = ast.parse(src.read_text())
     mods = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     mods |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert mods <= {"torch", "math", "os", "re", "dataclasses"}, mods
+    assert mods <= {"torch", "math", "os", "re", "dataclasses", "collections"}, mods
     shutil.copy(src, tmp_path / "swin.py")
     code = ("import swin, torch; m = swin.SwinTransformer(swin.swin_tiny(embed_dim=8, num_heads=(1, 1, 1, 1)));"
             "r = swin.load_pretrained(m, m.state_dict()); print([tuple(o.shape) for o in m(torch.randn(1, 3, 30, 30))])")

@@ -303,19 +303,23 @@ _TV_KEY = re.compile(r"^(conv1|bn1|layer[1-4])\.")
 _SEED_HEAD = re.compile(r"^(sic|sod|floe)_decoder\.")
 
 
-def _unwrap(raw: Mapping) -> dict:
-    """Strip ``state_dict``/``model``/``model_state_dict`` nesting and ``module.``/``_orig_mod.`` prefixes."""
-    sd = raw
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
-            sd = sd[key]
+# Copied from iceseg.models.swin.unwrap_state_dict
+def unwrap_state_dict(ckpt: Mapping) -> dict:
+    """The tensor state dict inside ``model``/``state_dict``/``model_state_dict`` nesting (iceseg, mmengine,
+    the AutoICE seed), ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) key prefixes stripped.
+    Raises ``ValueError`` if ``ckpt`` is not a mapping or an entry is not a tensor (naming it)."""
+    if not isinstance(ckpt, Mapping):
+        raise ValueError(f"expected a state dict (mapping), got {type(ckpt).__name__}")
+    while (inner := next((ckpt[k] for k in ("model", "state_dict", "model_state_dict")
+                          if isinstance(ckpt.get(k), Mapping)), None)) is not None:
+        ckpt = inner
     out = {}
-    for k, v in sd.items():
-        if not isinstance(v, torch.Tensor):
-            raise ValueError(f"state dict entry {k!r} is a {type(v).__name__}, not a tensor")
-        for prefix in ("module.", "_orig_mod."):
-            k = k[len(prefix):] if k.startswith(prefix) else k
-        out[k] = v
+    for key, value in ckpt.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"state dict entry {key!r} is a {type(value).__name__}, not a tensor")
+        while key.startswith(("module.", "_orig_mod.")):
+            key = key.split(".", 1)[1]
+        out[key] = value
     return out
 
 
@@ -335,7 +339,7 @@ def convert_torchvision_resnet(state_dict: Mapping, in_channels: int) -> dict:
         ``{key: tensor}`` with ``encoder.`` keys.
     """
     out = {}
-    for k, v in _unwrap(state_dict).items():
+    for k, v in unwrap_state_dict(state_dict).items():
         if k.startswith(("layer4.", "fc.")) or (k == "conv1.weight" and v.shape[1] != in_channels):
             continue
         out["encoder." + k if _TV_KEY.match(k) else k] = v
@@ -348,7 +352,7 @@ def convert_seed_checkpoint(state_dict: Mapping) -> dict:
     ``encoder.*`` is unchanged; ``sic_decoder.`` / ``sod_decoder.`` / ``floe_decoder.`` become
     ``heads.SIC.`` / ``heads.SOD.`` / ``heads.FLOE.`` (``model_state_dict`` nesting is removed).
     """
-    return {_SEED_HEAD.sub(lambda m: f"heads.{m.group(1).upper()}.", k): v for k, v in _unwrap(state_dict).items()}
+    return {_SEED_HEAD.sub(lambda m: f"heads.{m.group(1).upper()}.", k): v for k, v in unwrap_state_dict(state_dict).items()}
 
 
 def load_pretrained(model: MultiTaskDeepLab, path_or_state_dict) -> dict:
@@ -377,7 +381,7 @@ def load_pretrained(model: MultiTaskDeepLab, path_or_state_dict) -> dict:
         source, raw = str(path_or_state_dict), torch.load(path_or_state_dict, map_location="cpu", weights_only=True)
     else:
         source, raw = "<state dict>", path_or_state_dict
-    sd = _unwrap(raw)
+    sd = unwrap_state_dict(raw)
     if any(_SEED_HEAD.match(k) for k in sd):
         layout, allowed, sd = "seed", (), convert_seed_checkpoint(sd)
     elif any(k.startswith(("heads.", "encoder.")) for k in sd):

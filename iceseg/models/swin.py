@@ -25,8 +25,8 @@ Intentional deviations:
       converter permutes weights (spec §9.2). No absolute position embedding, classification head,
       ``qk_scale`` or ``frozen_stages``; ``patch_norm`` is always on.
     - Attention: ``F.scaled_dot_product_attention`` (bias + shift mask as one float mask) or the explicit
-      softmax (mmseg's op order, adds in place); ~3e-6 apart; SDPA was 1-2% slower on CPU, so
-      ``fused_attn=None`` picks it on CUDA only. CPU fp32 linears run on oneDNN (:func:`linear`, ~1e-6).
+      softmax (mmseg's op order, adds in place), ~3e-6 apart; ``fused_attn=None`` picks SDPA on CUDA
+      only (README, Performance). CPU fp32 linears run on oneDNN (:func:`linear`, ~1e-6).
 
 Dimension legend: ``B`` batch, ``C`` channels, ``H, W`` spatial, ``Hp, Wp`` padded to the window,
 ``L = H*W`` tokens, ``ws`` window size, ``N = ws*ws`` tokens per window, ``nW`` windows per image,
@@ -36,6 +36,7 @@ Dimension legend: ``B`` batch, ``C`` channels, ``H, W`` spatial, ``Hp, Wp`` padd
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import torch
@@ -121,10 +122,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """``F.linear``, ``(..., C_in)`` -> ``(..., C_out)``; on CPU in fp32 it runs on oneDNN (a CPU fast path).
 
     There, for ``L >= 256`` tokens, it is a 1x1 convolution over a channels-last ``(1, C_in, L, 1)`` view: the
-    same fp32 products as the BLAS sgemm behind ``F.linear``, summed in another order (~1e-6 relative), and
-    ~2x faster on the AMD EPYC of ``benchmark.py`` (oneDNN 436 vs MKL 211 GFLOP/s, 16384x1536x1536); fewer
-    tokens do not pay for oneDNN's per-call weight reorder. Elsewhere (CUDA, other dtypes) or under
-    ``torch.backends.mkldnn.enabled = False`` it is exactly ``F.linear``."""
+    same fp32 products as the BLAS sgemm behind ``F.linear``, summed in another order (~1e-6 relative); fewer
+    tokens do not pay for oneDNN's per-call weight reorder (figures: README, Performance). Elsewhere (CUDA,
+    other dtypes) or under ``torch.backends.mkldnn.enabled = False`` it is exactly ``F.linear``."""
     if not (x.is_cpu and x.dtype == torch.float32 and x.numel() >= 256 * x.shape[-1] > 0
             and torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()):
         return F.linear(x, weight, bias)
@@ -169,8 +169,8 @@ class Mlp(nn.Module):
 
     ``recompute_act``: in training, recompute the GELU (and dropout, same RNG) during backward instead of
     keeping its ``(..., hidden_dim)`` output for fc2's weight gradient (torch selective activation
-    checkpointing; fc2's output is kept instead, ``dim`` wide); it costs one GELU per block (Swin-L 512^2 train
-    step: 2065 -> 1795 MiB, ~3 % slower on the 2-core CPU of ``benchmark.py``) and gives bit-identical grads."""
+    checkpointing; fc2's output is kept instead, ``dim`` wide); it costs one GELU per block and gives
+    bit-identical gradients (memory and time: README, Performance)."""
 
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0, recompute_act: bool = False):
         super().__init__()
@@ -537,19 +537,23 @@ _MMSEG_RULES = _DROP_BUFFERS + [
 _MERGE_KEY = re.compile(r"^layers\.\d+\.downsample\.(reduction\.weight|norm\.weight|norm\.bias)$")
 
 
-def _unwrap(ckpt: dict) -> dict:
-    """Take ``model``/``state_dict`` nesting off and a ``module.`` prefix shared by every key."""
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"checkpoint must be a dict of tensors, got {type(ckpt).__name__}")
-    for name in ("model", "state_dict"):
-        if isinstance(ckpt.get(name), dict):
-            ckpt = ckpt[name]
-    if ckpt and all(k.startswith("module.") for k in ckpt):
-        ckpt = {k[len("module."):]: v for k, v in ckpt.items()}
-    bad = [k for k, v in ckpt.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ValueError(f"checkpoint entries must be tensors; not for {bad[:5]}")
-    return dict(ckpt)
+def unwrap_state_dict(ckpt: Mapping) -> dict:
+    """The tensor state dict inside ``model``/``state_dict``/``model_state_dict`` nesting (iceseg, mmengine,
+    the AutoICE seed), ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) key prefixes stripped.
+    Raises ``ValueError`` if ``ckpt`` is not a mapping or an entry is not a tensor (naming it)."""
+    if not isinstance(ckpt, Mapping):
+        raise ValueError(f"expected a state dict (mapping), got {type(ckpt).__name__}")
+    while (inner := next((ckpt[k] for k in ("model", "state_dict", "model_state_dict")
+                          if isinstance(ckpt.get(k), Mapping)), None)) is not None:
+        ckpt = inner
+    out = {}
+    for key, value in ckpt.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"state dict entry {key!r} is a {type(value).__name__}, not a tensor")
+        while key.startswith(("module.", "_orig_mod.")):
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out
 
 
 def _rename(state_dict: dict, rules: list) -> dict:
@@ -576,7 +580,7 @@ def convert_official_swin(state_dict: dict) -> dict:
     to a new flat dict of this file's keys (tensors shared): names are already ours; the recomputable
     ``relative_position_index``/``attn_mask`` buffers are dropped; ``norm.*`` and ``head.*`` (classifier) are
     kept for :func:`load_pretrained` to report as allowed extras."""
-    return _rename(_unwrap(state_dict), _OFFICIAL_RULES)
+    return _rename(unwrap_state_dict(state_dict), _OFFICIAL_RULES)
 
 
 def convert_timm_swin(state_dict: dict) -> dict:
@@ -587,7 +591,7 @@ def convert_timm_swin(state_dict: dict) -> dict:
         ValueError: if ``layers.0.downsample`` exists (pre-0.9 timm = official layout: use
             :func:`convert_official_swin`).
     """
-    sd = _unwrap(state_dict)
+    sd = unwrap_state_dict(state_dict)
     if any(k.startswith("layers.0.downsample.") for k in sd):
         raise ValueError("convert_timm_swin: layers.0.downsample present, so this is the official layout "
                          "(timm < 0.9); use convert_official_swin")
@@ -602,7 +606,7 @@ def convert_mmseg_swin(state_dict: dict) -> dict:
     ``w_msa``/``ffn.layers``/``projection`` are renamed; patch-merging ``reduction.weight`` (input dim) and
     ``norm.*`` go through :func:`_unfold_to_official` (``nn.Unfold`` -> Microsoft order); ``norm0..3`` stay.
     """
-    sd = _unwrap(state_dict)
+    sd = unwrap_state_dict(state_dict)
     if any(k.startswith("backbone.") for k in sd):
         sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
     sd = _rename(sd, _MMSEG_RULES)
@@ -618,7 +622,7 @@ def convert_to_official_swin(state_dict: dict, img_size: int | None = 224) -> di
     ``img_size / patch / 2**i`` is larger than the window, as the official model registers them. ``norm{i}``
     output norms have no official counterpart and are left out; ``norm.*``/``head.*`` pass through.
     """
-    out = {k: v for k, v in _unwrap(state_dict).items() if not re.match(r"^norm\d+\.", k)}
+    out = {k: v for k, v in unwrap_state_dict(state_dict).items() if not re.match(r"^norm\d+\.", k)}
     patch = out["patch_embed.proj.weight"].shape[-1] if "patch_embed.proj.weight" in out else 4
     for key in [k for k in out if k.endswith(".attn.relative_position_bias_table")]:
         i, j = (int(g) for g in re.match(_BLOCK, key).groups())
@@ -672,7 +676,7 @@ def load_pretrained(model: SwinTransformer, path_or_state_dict, layout: str = "a
         if not os.path.isfile(ckpt):
             raise FileNotFoundError(f"load_pretrained: checkpoint file not found: {os.fspath(ckpt)}")
         ckpt = torch.load(ckpt, map_location="cpu", weights_only=True)
-    sd = _unwrap(ckpt)
+    sd = unwrap_state_dict(ckpt)
     if layout == "auto":
         layout = _detect_layout(sd)
     if layout not in _CONVERTERS:

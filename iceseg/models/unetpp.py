@@ -427,30 +427,24 @@ _TV_RESNET_KEY = re.compile(
 )
 _TV_DROP = ("fc.weight", "fc.bias")
 _SMP_PREFIXES = ("encoder.", "decoder.", "segmentation_head.")
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile
 
 
-def _unwrap(state_dict: Mapping) -> dict:
-    """Unwrap ``{"state_dict": ...}`` / ``{"model": ...}`` nesting and strip DDP/compile prefixes."""
-    if not isinstance(state_dict, Mapping):
-        raise ValueError(f"expected a state dict (mapping), got {type(state_dict).__name__}")
-    while True:
-        inner = next(
-            (state_dict[k] for k in ("state_dict", "model") if isinstance(state_dict.get(k), Mapping)), None
-        )
-        if inner is None:
-            break
-        state_dict = inner
+# Copied from iceseg.models.swin.unwrap_state_dict
+def unwrap_state_dict(ckpt: Mapping) -> dict:
+    """The tensor state dict inside ``model``/``state_dict``/``model_state_dict`` nesting (iceseg, mmengine,
+    the AutoICE seed), ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) key prefixes stripped.
+    Raises ``ValueError`` if ``ckpt`` is not a mapping or an entry is not a tensor (naming it)."""
+    if not isinstance(ckpt, Mapping):
+        raise ValueError(f"expected a state dict (mapping), got {type(ckpt).__name__}")
+    while (inner := next((ckpt[k] for k in ("model", "state_dict", "model_state_dict")
+                          if isinstance(ckpt.get(k), Mapping)), None)) is not None:
+        ckpt = inner
     out = {}
-    for key, value in state_dict.items():
-        stripped = True
-        while stripped:
-            stripped = False
-            for p in _WRAPPER_PREFIXES:
-                if key.startswith(p):
-                    key, stripped = key[len(p) :], True
+    for key, value in ckpt.items():
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"state dict entry {key!r} is a {type(value).__name__}, not a tensor")
+        while key.startswith(("module.", "_orig_mod.")):
+            key = key.split(".", 1)[1]
         out[key] = value
     return out
 
@@ -486,7 +480,7 @@ def convert_torchvision_resnet(state_dict: Mapping, in_channels: int, expected_s
     Raises:
         ValueError: on non-tensor entries, a missing ``conv1.weight``, or shape mismatches.
     """
-    sd = _unwrap(state_dict)
+    sd = unwrap_state_dict(state_dict)
     if "conv1.weight" not in sd:
         raise ValueError(
             "convert_torchvision_resnet: no 'conv1.weight' key; not a torchvision ResNet state dict"
@@ -520,7 +514,7 @@ def convert_smp_unetpp(state_dict: Mapping, expected_shapes=None) -> dict:
     Raises:
         ValueError: on non-tensor entries or shape mismatches.
     """
-    sd = _unwrap(state_dict)
+    sd = unwrap_state_dict(state_dict)
     _check_shapes(sd, expected_shapes)
     return sd
 
@@ -554,7 +548,7 @@ def load_pretrained(model: UNetPlusPlus, path_or_state_dict) -> dict:
         raw = torch.load(path_or_state_dict, map_location="cpu", weights_only=True)
     else:
         source, raw = "<state dict>", path_or_state_dict
-    sd = _unwrap(raw)
+    sd = unwrap_state_dict(raw)
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     if any(k.startswith(_SMP_PREFIXES) for k in sd):
         layout, allowed = "smp", ()
