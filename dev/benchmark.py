@@ -487,7 +487,7 @@ def case_deeplab_train_768(s, device, quick, use_ref):
 
 def case_deeplab_scene_2000(s, device, quick, use_ref):
     """Tiled scene inference with the AutoICE evaluator's window rule, accumulating averaged logits."""
-    from iceseg.evaluation import window_starts
+    from iceseg.inference import window_starts
 
     H, W = s["size"]
     (ch, cw), (sh, sw) = s["crop"], s["stride"]

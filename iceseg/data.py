@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from iceseg.inference import window_starts
 from iceseg.transforms import build_transforms
 
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".npy")
@@ -844,12 +845,6 @@ def uavid(cfg, split, pipeline, seed=0) -> SegDataset:
                            f"{cfg.root}/uavid_{split}/seq<n>/Images + Labels", palette=UAVID_PALETTE)
 
 
-def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
-    """Window offsets every ``stride`` with the last one moved back to end at ``size`` (mmseg converters)."""
-    n = max(math.ceil((size - tile) / stride), 0) + 1
-    return sorted({min(i * stride, max(size - tile, 0)) for i in range(n)})
-
-
 def tile_dataset(dataset: SegDataset, out_root: str | Path, split: str, size: int = 1024,
                  stride: int | None = None) -> int:
     """Cut every image/label pair of ``dataset`` into ``size`` x ``size`` tiles (512 or 1024 for the aerial sets).
@@ -877,8 +872,8 @@ def tile_dataset(dataset: SegDataset, out_root: str | Path, split: str, size: in
     for i in range(len(dataset)):
         img, label = dataset.load(i)  # (H, W, C), decoded (H, W) or None
         H, W = img.shape[:2]
-        for y in _tile_starts(H, size, stride):
-            for x in _tile_starts(W, size, stride):
+        for y in window_starts(H, size, stride):
+            for x in window_starts(W, size, stride):
                 stem = f"{names[i]}_{y}_{x}"
                 tile = img[y:y + size, x:x + size]
                 if tile.dtype == np.uint8 and tile.shape[2] in (1, 3):

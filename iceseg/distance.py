@@ -17,12 +17,10 @@ so a random crop creates no fake boundaries (spec B4). A map without any feature
 distance ``max_dist`` everywhere (``inf`` when uncapped).
 
 Both sweeps run row by row; on CPU tensors they run on zero-copy numpy views, because a torch op
-on a 64k-element row pays its intra-op thread start-up on every call (measured ~100x slower on a
-shared 2-core machine); the elementwise passes of :func:`class_distance_maps` use numpy on the CPU
-for the same reason. On CUDA the same steps use torch ops. The Euclidean row pass always runs in
-numpy (float64) and the result is moved back to the input's device. Cost on a 2-core CPU
-(``dev/bench_distance.py``): inside + outside Manhattan maps (K = 50) of 8 labels of
-1024 x 1024 with 7 classes in ~0.4-0.5 s; exact Euclidean ~0.12 s per 1024 x 1024 map.
+on one row pays its intra-op thread start-up on every call; the elementwise passes of
+:func:`class_distance_maps` use numpy on the CPU for the same reason. On CUDA the same steps use
+torch ops. The Euclidean row pass always runs in numpy (float64) and the result is moved back to
+the input's device. Timing: ``dev/bench_distance.py`` (figures in README).
 
 Dimension legend: ``N`` maps, ``B`` batch, ``K`` classes, ``S`` label sets, ``H, W`` spatial.
 """
@@ -327,8 +325,8 @@ def class_distance_maps(label: torch.Tensor, num_classes: int, max_dist: float |
     _check_cap(max_dist, "class_distance_maps")
     B, H, W = label.shape
     K = num_classes
-    # numpy on the CPU (single-threaded elementwise passes beat torch's thread pool ~5x on a busy
-    # 2-core machine), torch on CUDA; the same steps either way.
+    # numpy on the CPU (single-threaded elementwise passes, no thread-pool start-up per op), torch on
+    # CUDA; the same steps either way.
     cpu = _numpy_ok(label)
     xp = np if cpu else torch
     lab = label.numpy() if cpu else label

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from iceseg.inference import predict
+from iceseg.inference import predict, window_starts
 from iceseg.metrics import BoundaryMetrics, ConfusionMatrix, exclude_from_means, format_table
 
 
@@ -140,12 +140,6 @@ AUTOICE_PALETTES = {  # RGB per class; masked reference pixels are drawn AUTOICE
              [230, 230, 230], [128, 128, 128]],
 }
 AUTOICE_MASKED_RGB = (40, 40, 40)
-
-
-def window_starts(size: int, crop: int, stride: int) -> list[int]:
-    """Sorted window offsets covering ``[0, size)`` (mmseg slide rule; the last window ends at ``size``)."""
-    n = max(math.ceil((size - crop) / stride), 0) + 1
-    return sorted({min(i * stride, size - crop) for i in range(n)})
 
 
 class AutoICEEvaluator:

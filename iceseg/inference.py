@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from iceseg.transforms import rescale_size
+
 
 def logits_to_probs(logits: torch.Tensor) -> torch.Tensor:
     """``(B, K', H, W)`` logits -> ``(B, K, H, W)`` float32 probabilities (K = 2 when K' = 1)."""
@@ -40,15 +42,12 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
 
 
-def rescale_size(h: int, w: int, scale: tuple) -> tuple[int, int]:
-    """mmcv ``rescale_size`` with kept ratio: fit (h, w) inside ``scale = (long, short)`` edges.
-
-    Returns:
-        (new_h, new_w) = round((h, w) * min(long / max(h, w), short / min(h, w))).
-    """
-    long_edge, short_edge = max(scale), min(scale)
-    factor = min(long_edge / max(h, w), short_edge / min(h, w))
-    return int(h * factor + 0.5), int(w * factor + 0.5)
+def window_starts(size: int, crop: int, stride: int) -> list[int]:
+    """Sorted window offsets along one axis of ``size`` pixels (mmseg ``slide_inference`` and its tile
+    converters): every ``stride``, the last one moved back so the window ends at ``size`` (0 alone when
+    ``crop >= size``)."""
+    n = max(math.ceil((size - crop) / stride), 0) + 1
+    return sorted({min(i * stride, max(size - crop, 0)) for i in range(n)})
 
 
 def _forward_padded(model, img: torch.Tensor, size_divisor: int) -> torch.Tensor:
@@ -76,13 +75,9 @@ def slide_logits(model, img: torch.Tensor, crop_size: tuple, stride: tuple, size
     """
     B, C, H, W = img.shape
     ch, cw = min(crop_size[0], H), min(crop_size[1], W)
-    sh, sw = stride
-    n_h = max(math.ceil((H - ch) / sh), 0) + 1
-    n_w = max(math.ceil((W - cw) / sw), 0) + 1
     out, count = None, img.new_zeros(1, 1, H, W)
-    for i in range(n_h):
-        for j in range(n_w):
-            y1, x1 = min(i * sh, H - ch), min(j * sw, W - cw)
+    for y1 in window_starts(H, ch, stride[0]):
+        for x1 in window_starts(W, cw, stride[1]):
             logit = _forward_padded(model, img[:, :, y1:y1 + ch, x1:x1 + cw], size_divisor)
             if out is None:
                 out = img.new_zeros(B, logit.shape[1], H, W)
@@ -126,7 +121,7 @@ def predict(model, img: torch.Tensor, mode: str = "whole", crop_size=(512, 512),
     if scale_base not in ("resized", "original"):
         raise ValueError(f"TTA scale base must be 'resized' or 'original', not {scale_base!r}")
     B, C, H, W = img.shape
-    base_h, base_w = rescale_size(H, W, resize) if resize and scale_base == "resized" else (H, W)
+    base_w, base_h = rescale_size((W, H), resize) if resize and scale_base == "resized" else (W, H)
     total, n = None, 0
     for s in scales:
         h, w = int(base_h * s + 0.5), int(base_w * s + 0.5)
@@ -154,7 +149,7 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
     ``(b - mean) * s + beta``, ``s = gamma / sqrt(var + eps)`` per output channel
     (``torch.nn.utils.fusion.fuse_conv_bn_eval``); the BN becomes ``nn.Identity``. Outputs agree to fp32
     rounding (~1e-6 relative); each pair then writes one ``(B, C, H, W)`` map instead of two, which lowers the
-    inference peak (AutoICE DeepLab at 768^2: 126 -> 90 MiB RSS in ``benchmark.py``) and saves a pass over it.
+    inference peak and saves a pass over it (figures: README, Performance).
 
     A pair is a ``Conv2d`` followed, in its parent's registration order, by a ``BatchNorm2d`` of as many channels:
     the torchvision / mmcv / smp layout in which that BN normalises that conv's output (ResNet blocks and stems,

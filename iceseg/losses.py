@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from iceseg.distance import class_distance_maps
+from iceseg.metrics import label_edges
 
 
 def _match_size(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -147,20 +148,9 @@ def edge_target(label: torch.Tensor, ignore_index: int = 255) -> tuple[torch.Ten
     Returns:
         (``(B, H, W)`` float32 edge map in {0, 1}, ``(B, H, W)`` bool validity mask).
     """
-    edge = torch.zeros_like(label, dtype=torch.bool)
     ign = label == ignore_index
-    invalid = ign.clone()
-    dv = label[:, 1:, :] != label[:, :-1, :]  # (B, H-1, W) vertical neighbours differ
-    dh = label[:, :, 1:] != label[:, :, :-1]  # (B, H, W-1) horizontal neighbours differ
-    edge[:, 1:, :] |= dv
-    edge[:, :-1, :] |= dv
-    edge[:, :, 1:] |= dh
-    edge[:, :, :-1] |= dh
-    invalid[:, 1:, :] |= ign[:, :-1, :]
-    invalid[:, :-1, :] |= ign[:, 1:, :]
-    invalid[:, :, 1:] |= ign[:, :, :-1]
-    invalid[:, :, :-1] |= ign[:, :, 1:]
-    return edge.float(), ~invalid
+    invalid = ign | label_edges(ign)  # ignored pixels and their 4-neighbours
+    return label_edges(label).float(), ~invalid
 
 
 def edge_bce_loss(edge_logits: torch.Tensor, label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:

@@ -417,25 +417,6 @@ def exclude_from_means(metrics: dict, exclude) -> dict:
     return out
 
 
-def boundary_pixels(mask: torch.Tensor) -> torch.Tensor:
-    """Inner boundary: ``mask`` pixels with a 4-neighbour inside the image that is not in ``mask``.
-
-    The image border is not a boundary (crops and tiles), unlike Boundary IoU's reference.
-
-    Args:
-        mask: ``(..., H, W)`` bool.
-
-    Returns:
-        ``(..., H, W)`` bool.
-    """
-    out = torch.zeros_like(mask)
-    out[..., 1:, :] |= ~mask[..., :-1, :]
-    out[..., :-1, :] |= ~mask[..., 1:, :]
-    out[..., :, 1:] |= ~mask[..., :, :-1]
-    out[..., :, :-1] |= ~mask[..., :, 1:]
-    return out & mask
-
-
 def boundary_band(mask: torch.Tensor, width: int) -> torch.Tensor:
     """Boundary IoU's inner band: ``mask`` pixels within chessboard distance ``width`` of a non-mask pixel.
 
@@ -455,14 +436,21 @@ def boundary_band(mask: torch.Tensor, width: int) -> torch.Tensor:
     return mask & within_chessboard(outside, width)[:, 1:-1, 1:-1]
 
 
-def _edges(lab: np.ndarray) -> np.ndarray:
-    """``(H, W)`` label map -> pixels with a 4-neighbour of another label (the image border is no edge)."""
-    out = np.zeros(lab.shape, dtype=bool)
-    dv, dh = lab[1:] != lab[:-1], lab[:, 1:] != lab[:, :-1]  # (H-1, W), (H, W-1)
-    out[1:] |= dv
-    out[:-1] |= dv
-    out[:, 1:] |= dh
-    out[:, :-1] |= dh
+def label_edges(lab):
+    """Pixels with a 4-neighbour of another value; the image border is no edge (crops and tiles).
+
+    Args:
+        lab: ``(..., H, W)`` numpy array or torch tensor of labels (any dtype with ``!=``).
+
+    Returns:
+        ``(..., H, W)`` bool, of the input's kind (numpy or torch, same device).
+    """
+    out = np.zeros(lab.shape, dtype=bool) if isinstance(lab, np.ndarray) else torch.zeros_like(lab, dtype=torch.bool)
+    dv, dh = lab[..., 1:, :] != lab[..., :-1, :], lab[..., :, 1:] != lab[..., :, :-1]  # (..., H-1, W), (..., H, W-1)
+    out[..., 1:, :] |= dv
+    out[..., :-1, :] |= dv
+    out[..., :, 1:] |= dh
+    out[..., :, :-1] |= dh
     return out
 
 
@@ -475,7 +463,7 @@ class BoundaryMetrics:
     target or its prediction on V.
 
     - BF: boundary pixels on the raw maps, edges = pixels with a 4-neighbour of another value
-      (:func:`_edges`; the image border is no edge): B_G = G & edges(target) (valid pixels by
+      (:func:`label_edges`; the image border is no edge): B_G = G & edges(target) (valid pixels by
       definition, the target's edge against ignored pixels included) and B_P* = P & edges(pred), of
       which B_P = B_P* & V is scored. Precision = share of B_P within Euclidean distance theta =
       ``bf_tolerance`` * D of B_G; recall = share of B_G within theta of B_P* (a boundary the
@@ -548,7 +536,7 @@ class BoundaryMetrics:
                 continue
             n, ids = cls.size, cls[:, None, None]
             masks = np.concatenate([t[None] == ids, p[None] == ids])  # (2n, H, W) G then P per class
-            edges = np.concatenate([np.broadcast_to(_edges(x), (n, H, W)) for x in (t, p)])  # (2n, H, W)
+            edges = np.concatenate([np.broadcast_to(label_edges(x), (n, H, W)) for x in (t, p)])  # (2n, H, W)
             raw = masks & edges  # (2n, H, W) every boundary pixel; the target's lie on valid pixels already
             bnd = raw & valid  # (2n, H, W) B_G then B_P: predicted boundary pixels on ignored targets dropped
             near = within_distance(torch.from_numpy(raw), theta).numpy()  # (2n, H, W) within theta of each set

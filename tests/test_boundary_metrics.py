@@ -8,7 +8,7 @@ import torch
 
 import configs
 from iceseg.evaluation import SegEvaluator
-from iceseg.metrics import BoundaryMetrics, boundary_band, boundary_pixels, exclude_from_means
+from iceseg.metrics import BoundaryMetrics, boundary_band, exclude_from_means, label_edges
 
 
 def reference_band(mask: np.ndarray, d: int) -> np.ndarray:
@@ -107,10 +107,11 @@ def test_boundary_band_matches_reference_erosion(d):
         np.testing.assert_array_equal(got[i], reference_band(masks[i].numpy(), d))
 
 
-def test_boundary_pixels_ignore_the_image_border():
+def test_label_edges_ignore_the_image_border():
     m = torch.zeros(5, 5, dtype=torch.bool)
     m[:, :2] = True
-    assert boundary_pixels(m).nonzero()[:, 1].unique().tolist() == [1]
+    assert label_edges(m).nonzero()[:, 1].unique().tolist() == [1, 2]  # both sides of the step, not the border
+    assert label_edges(m.numpy()).nonzero()[1].tolist() == label_edges(m).nonzero()[:, 1].tolist()
 
 
 def test_ignore_pixels_are_not_scored():

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from iceseg.inference import logits_to_probs, predict, rescale_size
+from iceseg.inference import logits_to_probs, predict, window_starts
 from iceseg.losses import bce_dice_loss, cross_entropy
+from iceseg.transforms import rescale_size
 
 
 def test_cross_entropy_mmseg_averaging_counts_ignored_pixels():
@@ -70,8 +71,9 @@ def test_slide_windows_cover_every_pixel_once_at_least():
 
 
 def test_rescale_size_keep_ratio():
-    assert rescale_size(640, 1600, (2048, 1024)) == (819, 2048)  # NWPU 1600x640 -> 2048x819
-    assert rescale_size(512, 512, (2048, 1024)) == (1024, 1024)
+    assert rescale_size((1600, 640), (2048, 1024)) == (2048, 819)  # NWPU 1600x640 -> 2048x819 (w, h)
+    assert rescale_size((512, 512), (2048, 1024)) == (1024, 1024)
+    assert window_starts(1000, 512, 341) == [0, 341, 488] and window_starts(300, 512, 341) == [0]
 
 
 def test_test_time_resize_returns_input_size():

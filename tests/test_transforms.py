@@ -10,7 +10,6 @@ import pytest
 
 from iceseg.transforms import (
     TRANSFORMS,
-    BandMaxScale,
     Compose,
     Normalize,
     Pad,
@@ -109,7 +108,6 @@ SPECS = [  # (spec, geometric?)
     ({"type": "Pad", "size_divisor": 16}, True),
     ({"type": "PhotoMetricDistortion"}, False),
     ({"type": "RandomBrightnessContrast", "prob": 1.0, "max_value": 255.0}, False),
-    ({"type": "BandMaxScale"}, False),
 ]
 
 
@@ -425,19 +423,6 @@ def test_photometric_distortion_multiband_range():
         np.testing.assert_array_equal(out, np.repeat(out[..., :1], 5, axis=2))  # same affine map per band
 
 
-def test_band_max_scale():
-    img = np.stack([np.full((3, 4), 4.0), np.zeros((3, 4)), -np.ones((3, 4)), np.arange(12.0).reshape(3, 4)], -1)
-    out, _ = BandMaxScale()(img.astype(np.float64), None, None)
-    assert out.dtype == np.float32
-    np.testing.assert_allclose(out[..., 0], 1.0)
-    np.testing.assert_array_equal(out[..., 1], 0.0)
-    np.testing.assert_array_equal(out[..., 2], -1.0)  # max <= 0: unchanged
-    np.testing.assert_allclose(out[..., 3], np.arange(12.0).reshape(3, 4) / 11.0, rtol=1e-6)
-
-
-# --------------------------------------------------------------------------- Normalize / Pad
-
-
 def test_normalize():
     img = np.full((2, 2, 3), 100, np.uint8)
     out, _ = Normalize(mean=[100, 50, 0], std=[1, 2, 4])(img, None, None)
@@ -483,7 +468,7 @@ def test_build_transforms_errors_and_plain_data():
     pipe = build_transforms(specs)
     assert specs[0]["type"] == "RandomCrop" and isinstance(pipe, Compose) and len(pipe.transforms) == 2
     assert set(TRANSFORMS) >= {"RandomResize", "RandomCrop", "RandomFlip", "RandomRotate90", "RandomAffine",
-                               "PhotoMetricDistortion", "RandomBrightnessContrast", "BandMaxScale",
+                               "PhotoMetricDistortion", "RandomBrightnessContrast",
                                "Normalize", "Pad", "Resize"}
     assert "RandomCrop(crop_size=(8, 8)" in repr(pipe)
     assert build_transforms([])(*make_pair(), None)[0].shape == (24, 32, 3)

@@ -11,7 +11,7 @@ Encoder: "Deep Residual Learning for Image Recognition", He et al., https://arxi
 Structure follows qubvel/segmentation_models.pytorch UnetPlusPlus (v0.6.0):
 ``decoders/unetplusplus/{model,decoder}.py``, ``encoders/resnet.py``, ``encoders/_utils.py``
 (``patch_first_conv``), ``base/{modules,initialization}.py``. Written from the facts in
-``/work/shared/specs/unetpp_glacier_and_lossd.md`` (A4-A6); no code was copied (smp is MIT
+the project spec ``unetpp_glacier_and_lossd.md`` (A4-A6); no code was copied (smp is MIT
 licensed). State-dict keys are identical to smp's (350 entries for ResNet-34 with BatchNorm), so
 ``torch.save(smp_model.state_dict())`` files load strictly, and numerics match smp exactly
 (golden test: ``tests/test_unetpp.py``).

@@ -247,7 +247,7 @@ class UPerHead(nn.Module):
         if isinstance(fb, ConvModule) and size[0] * size[1] > 1:
             # The 3x3 conv over the level concat, as the sum of its per-level slices (a conv is linear in its
             # input channels): same result to fp32 rounding, but the (B, P*channels, H_0, W_0) concat and the
-            # P resized copies never exist at once (memory; issue 7). Then BN + ReLU as in ConvModule.
+            # P resized copies never exist at once (less memory). Then BN + ReLU as in ConvModule.
             acc = None
             for w, o in zip(fb.conv.weight.split(self.channels, dim=1), outs, strict=True):
                 b = fb.conv.bias if acc is None else None  # a bias exists once BN is folded in (fuse_conv_bn)
