@@ -174,6 +174,7 @@ class TrainConfig:
     resume: bool = True  # continue from work_dir/last.pt when it exists
     sync_bn: bool = True  # convert BatchNorm to SyncBatchNorm on CUDA with world size > 1
     sync_bn_exclude: list = field(default_factory=list)  # module-name prefixes whose BatchNorm stays per process
+    fast_paths: bool = True  # iceseg.fast.optimize: CPU/GPU fast paths (same results; False = the reference math)
     compile: bool = False  # torch.compile the model for training, evaluate() and test.py
     channels_last: bool = False  # NHWC weights and activations (train.py and test.py): faster convs on CPU and CUDA
     device: str = "auto"  # "auto", "cpu" or "cuda"
@@ -201,7 +202,7 @@ class EvalConfig:
     bf_tolerance: float = 0.0075  # BFscore match distance, fraction of the image diagonal
     biou_dilation: float = 0.02  # Boundary IoU band width, fraction of the image diagonal
     exclude_classes: list = field(default_factory=list)  # class indices left out of class means (ISPRS clutter)
-    fuse_conv_bn: bool = True  # test.py: fold BatchNorm into the conv before it (iceseg.inference.fuse_conv_bn)
+    fuse_conv_bn: bool = True  # test.py and validation: fold BatchNorm into the conv before it (iceseg.fast)
 
 
 @dataclass

@@ -40,7 +40,8 @@ from iceseg import dist
 from iceseg.checkpoint import load_checkpoint, prev_path, rng_state, save_checkpoint, set_rng_state
 from iceseg.data import build_dataset, prepare_data
 from iceseg.evaluation import build_evaluator, to_device
-from iceseg.inference import autocast_dtype, fuse_conv_bn
+from iceseg.fast import fuse_conv_bn, optimize
+from iceseg.inference import autocast_dtype
 from iceseg.schedule import EarlyStopping, Plateau
 from iceseg.segmentor import build_model, convert_sync_batchnorm, param_groups
 
@@ -166,6 +167,8 @@ print0(f"{cfg.name}: {len(train_set)} train / {len(val_set)} val samples, {world
 
 # ----------------------------------------------------------------------------- model, optimizer, schedule
 model = build_model(cfg).to(device, memory_format=torch.channels_last if T.channels_last else torch.preserve_format)
+if T.fast_paths:  # same results, computed faster (iceseg/fast.py); --train.fast_paths=False: the reference math
+    optimize(model)
 if T.sync_bn and world > 1 and device.type == "cuda":  # train.sync_bn_exclude keeps some BN per process
     model = convert_sync_batchnorm(model, T.sync_bn_exclude)
 print0(f"model {cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters")

@@ -250,13 +250,18 @@ def case_matmul_onednn(s, device, quick, use_ref):
 
 def _ours_as_configured(model, config: str, train: bool):
     """Our model (weights loaded) the way train.py (``train``) or test.py runs config ``config``:
-    ``(model, optim.fused)``. ``train.channels_last`` applied (NCHW input, as the data loader gives it: the convs
-    switch to NHWC); for inference eval mode and, with ``eval.fuse_conv_bn``, BatchNorm folded into the convs."""
+    ``(model, optim.fused)``. ``iceseg.fast.optimize`` applied (``train.fast_paths``) unless ``--plain``;
+    ``train.channels_last`` applied (NCHW input, as the data loader gives it: the convs switch to NHWC); for
+    inference eval mode and, with ``eval.fuse_conv_bn`` (not with ``--plain``), BatchNorm folded into the convs.
+    Modifies ``model`` in place."""
     import configs
-    from iceseg.inference import fuse_conv_bn
+    from iceseg.fast import fuse_conv_bn, optimize
 
     cfg = configs.get_config(config)
-    if not train and cfg.eval.fuse_conv_bn:
+    plain = os.environ.get("ICESEG_BENCH_PLAIN") == "1"
+    if cfg.train.fast_paths and not plain:
+        optimize(model)
+    if not train and cfg.eval.fuse_conv_bn and not plain:
         model = fuse_conv_bn(model.eval())
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -632,6 +637,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default="", help="write the report here")
     ap.add_argument("--quick", action="store_true", help="small inputs / Swin-T: a smoke run of every case")
     ap.add_argument("--no-ref", action="store_true", help="skip the reference libraries")
+    ap.add_argument("--plain", action="store_true",
+                    help="ours without iceseg.fast (optimize, BN folding): the reference math as the model files hold it")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per case subprocess")
     ap.add_argument("--malloc", choices=("default", "no-mmap"), default="default",
                     help="no-mmap: glibc MALLOC_MMAP_MAX_=0 + no trimming for the time workers (reuses freed pages)")
@@ -650,6 +657,8 @@ def main(argv=None) -> int:
     if unknown:
         raise ValueError(f"--cases: unknown {unknown}; valid: {', '.join(CASES)}")
     report = {"machine": machine_info(args), "cases": []}
+    report["machine"]["mode"] = "plain" if args.plain else "optimized"  # iceseg.fast applied to ours or not
+    os.environ["ICESEG_BENCH_PLAIN"] = "1" if args.plain else "0"  # read by the worker processes
     env = dict(os.environ)
     if args.malloc == "no-mmap":  # glibc: serve every block from the heap and keep it: no page faults per pass
         env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**40))

@@ -7,13 +7,10 @@ class 1, the glacier seed's rule). Semantics follow mmseg's ``EncoderDecoder.who
 ``slide_inference`` and ``SegTTAModel`` (average of softmax probabilities over augmentations).
 """
 
-import itertools
 import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from iceseg.transforms import rescale_size
 
@@ -140,40 +137,3 @@ def predict(model, img: torch.Tensor, mode: str = "whole", crop_size=(512, 512),
             total = probs if total is None else total + probs
             n += 1
     return total / n
-
-
-def fuse_conv_bn(model: nn.Module) -> nn.Module:
-    """Fold each eval-mode ``BatchNorm2d`` into the ``Conv2d`` registered right before it (inference only).
-
-    ``BN(conv(x)) = gamma * (W*x + b - mean) / sqrt(var + eps) + beta`` is one conv with weight ``W * s`` and bias
-    ``(b - mean) * s + beta``, ``s = gamma / sqrt(var + eps)`` per output channel
-    (``torch.nn.utils.fusion.fuse_conv_bn_eval``); the BN becomes ``nn.Identity``. Outputs agree to fp32
-    rounding (~1e-6 relative); each pair then writes one ``(B, C, H, W)`` map instead of two, which lowers the
-    inference peak and saves a pass over it (figures: README, Performance).
-
-    A pair is a ``Conv2d`` followed, in its parent's registration order, by a ``BatchNorm2d`` of as many channels:
-    the torchvision / mmcv / smp layout in which that BN normalises that conv's output (ResNet blocks and stems,
-    ``ConvModule``, smp's ``Conv2dReLU``, ASPP branches). Every model of this package follows it;
-    ``tests/test_losses_inference.py`` checks fused against unfused outputs for each model family. The state
-    dict loses the ``bn`` keys, so fuse after loading a checkpoint and do not train or save the result.
-
-    Args:
-        model: a module in eval mode, modified in place.
-
-    Returns:
-        ``model``.
-
-    Raises:
-        ValueError: if ``model`` or any submodule is in training mode (batch statistics cannot be folded).
-    """
-    if any(m.training for m in model.modules()):
-        raise ValueError("fuse_conv_bn: call model.eval() first; BatchNorm in training mode uses batch statistics")
-    for parent in list(model.modules()):
-        names = list(parent._modules)
-        for a, b in itertools.pairwise(names):
-            conv, bn = parent._modules[a], parent._modules[b]
-            if (isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d and bn.track_running_stats
-                    and conv.out_channels == bn.num_features):
-                parent._modules[a] = fuse_conv_bn_eval(conv, bn)
-                parent._modules[b] = nn.Identity()
-    return model

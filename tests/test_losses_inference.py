@@ -90,7 +90,7 @@ def test_fuse_conv_bn_matches_unfused_model(config, bn_left):
     import copy
 
     import configs
-    from iceseg.inference import fuse_conv_bn
+    from iceseg.fast import fuse_conv_bn, optimize
     from iceseg.segmentor import build_model
     from tests.golden import seeded_state_dict
 
@@ -108,11 +108,13 @@ def test_fuse_conv_bn_matches_unfused_model(config, bn_left):
         fuse_conv_bn(part)
     fused = fuse_conv_bn(copy.deepcopy(model))
     assert sum(isinstance(m, nn.BatchNorm2d) for m in fused.modules()) == bn_left
+    fast_fused = fuse_conv_bn(optimize(copy.deepcopy(model)))  # as test.py runs it (the sliced UPer bottleneck
+    # then adds the bias that folding creates)
     in_channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
     x = torch.randn(1, in_channels, 64, 48)
     with torch.no_grad():
-        ref, out = model(x), fused(x)
-    pairs = [(ref[k], out[k]) for k in ref] if isinstance(ref, dict) else [(ref, out)]
+        ref, out, fast_out = model(x), fused(x), fast_fused(x)
+    pairs = [(ref[k], o[k]) for k in ref for o in (out, fast_out)] if isinstance(ref, dict) else [(ref, out), (ref, fast_out)]
     for a, b in pairs:
         assert a.shape == b.shape
         assert (a - b).abs().max() <= 1e-4 * a.abs().max(), (config, (a - b).abs().max(), a.abs().max())

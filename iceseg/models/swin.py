@@ -25,8 +25,10 @@ Intentional deviations:
       converter permutes weights (spec §9.2). No absolute position embedding, classification head,
       ``qk_scale`` or ``frozen_stages``; ``patch_norm`` is always on.
     - Attention: ``F.scaled_dot_product_attention`` (bias + shift mask as one float mask) or the explicit
-      softmax (mmseg's op order, adds in place), ~3e-6 apart; ``fused_attn=None`` picks SDPA on CUDA
-      only (README, Performance). CPU fp32 linears run on oneDNN (:func:`linear`, ~1e-6).
+      softmax (mmseg's op order), ~3e-6 apart; ``fused_attn=None`` picks SDPA on CUDA only.
+
+This file holds the reference math only; CPU/GPU fast paths (oneDNN linears, in-place attention adds,
+recomputed MLP activations) are applied to a built model by ``iceseg.fast.optimize``.
 
 Dimension legend: ``B`` batch, ``C`` channels, ``H, W`` spatial, ``Hp, Wp`` padded to the window,
 ``L = H*W`` tokens, ``ws`` window size, ``N = ws*ws`` tokens per window, ``nW`` windows per image,
@@ -43,7 +45,6 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
-from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 # ----------------------------------------------------------------------------- functions
 
@@ -118,29 +119,6 @@ def resize_relative_position_bias_table(table: torch.Tensor, window_size: int) -
 # ----------------------------------------------------------------------------- leaf modules
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear``, ``(..., C_in)`` -> ``(..., C_out)``; on CPU in fp32 it runs on oneDNN (a CPU fast path).
-
-    There, for ``L >= 256`` tokens, it is a 1x1 convolution over a channels-last ``(1, C_in, L, 1)`` view: the
-    same fp32 products as the BLAS sgemm behind ``F.linear``, summed in another order (~1e-6 relative); fewer
-    tokens do not pay for oneDNN's per-call weight reorder (figures: README, Performance). Elsewhere (CUDA,
-    other dtypes) or under ``torch.backends.mkldnn.enabled = False`` it is exactly ``F.linear``."""
-    if not (x.is_cpu and x.dtype == torch.float32 and x.numel() >= 256 * x.shape[-1] > 0
-            and torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()):
-        return F.linear(x, weight, bias)
-    lead = x.shape[:-1]
-    x = x.reshape(1, -1, 1, x.shape[-1]).permute(0, 3, 1, 2)  # (1, C_in, L, 1): channels-last view
-    x = F.conv2d(x, weight[:, :, None, None], bias)  # (1, C_out, L, 1) channels-last
-    return x.permute(0, 2, 3, 1).reshape(*lead, weight.shape[0])  # (..., C_out)
-
-
-class Linear(nn.Linear):
-    """:class:`torch.nn.Linear` (same parameters, names and init) computed by :func:`linear`."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
-
-
 class DropPath(nn.Module):
     """Stochastic depth (Huang et al. 2016): in training, zero whole samples with probability ``drop_prob``
     in ``[0, 1)`` and scale the kept ones by ``1 / (1 - drop_prob)``; identity in eval. Any ``(B, ...)``."""
@@ -157,38 +135,19 @@ class DropPath(nn.Module):
         return x * mask / keep
 
 
-def _save_only_products(ctx, func, *args, **kwargs) -> CheckpointPolicy:
-    """Selective-checkpoint policy: keep matrix-product outputs, recompute the rest (GELU, dropout, views)."""
-    products = (torch.ops.aten.convolution.default, torch.ops.aten.addmm.default, torch.ops.aten.mm.default)
-    return CheckpointPolicy.MUST_SAVE if func in products else CheckpointPolicy.PREFER_RECOMPUTE
-
-
 class Mlp(nn.Module):
     """Linear(dim -> hidden_dim), exact GELU, Linear(hidden_dim -> dim), dropout ``drop`` after each
-    linear; ``(..., dim)`` in and out.
+    linear; ``(..., dim)`` in and out."""
 
-    ``recompute_act``: in training, recompute the GELU (and dropout, same RNG) during backward instead of
-    keeping its ``(..., hidden_dim)`` output for fc2's weight gradient (torch selective activation
-    checkpointing; fc2's output is kept instead, ``dim`` wide); it costs one GELU per block and gives
-    bit-identical gradients (memory and time: README, Performance)."""
-
-    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0, recompute_act: bool = False):
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
         super().__init__()
-        self.fc1 = Linear(dim, hidden_dim)
+        self.fc1 = nn.Linear(dim, hidden_dim)
         self.act = nn.GELU()
-        self.fc2 = Linear(hidden_dim, dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
-        self.recompute_act = recompute_act
-
-    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.recompute_act and self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(
-                self._mlp, x, use_reentrant=False,
-                context_fn=lambda: create_selective_checkpoint_contexts(_save_only_products))
-        return self._mlp(x)
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 class WindowAttention(nn.Module):
@@ -212,10 +171,27 @@ class WindowAttention(nn.Module):
         self.fused_attn = fused_attn  # True: SDPA, False: explicit softmax, None: SDPA on CUDA only
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
-        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+
+    def attention_logits(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor,
+                         mask: torch.Tensor | None) -> torch.Tensor:
+        """``q k^T / sqrt(hd) + bias (+ mask)``, bias then mask as mmseg/timm add them.
+
+        Args:
+            q, k: ``(B*nW, nH, N, hd)``; bias: ``(nH, N, N)``; mask: ``(nW, N, N)`` or None.
+
+        Returns:
+            ``(B*nW, nH, N, N)`` attention logits.
+        """
+        B_, nH, N, _ = q.shape
+        attn = (q * self.scale) @ k.transpose(-2, -1) + bias[None]  # (B*nW, nH, N, N)
+        if mask is None:
+            return attn
+        nW = mask.shape[0]
+        return (attn.view(B_ // nW, nW, nH, N, N) + mask[None, :, None]).view(B_, nH, N, N)  # (B*nW, nH, N, N)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attend within each window.
@@ -240,13 +216,9 @@ class WindowAttention(nn.Module):
             bias = bias.to(q.dtype).expand(B_ // nW, nW, nH, N, N).reshape(B_, nH, N, N)  # (B*nW, nH, N, N)
             p = self.attn_drop.p if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)  # (B*nW, nH, N, hd)
-        else:  # bias, then mask, added in place (timm/mmseg order): no second (B*nW, nH, N, N) buffer
-            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B*nW, nH, N, N)
-            attn.view(-1, nW, nH, N, N).add_(bias)  # (B, nW, nH, N, N) view
-            if mask is not None:
-                attn.view(-1, nW, nH, N, N).add_(mask[:, None])  # (B, nW, nH, N, N) view
-            attn = self.attn_drop(attn.softmax(dim=-1))  # frees the logits before the product below
-            out = attn @ v  # (B*nW, nH, N, hd)
+        else:
+            attn = self.attention_logits(q, k, bias, mask)  # (B*nW, nH, N, N)
+            out = self.attn_drop(attn.softmax(dim=-1)) @ v  # (B*nW, nH, N, hd)
         out = out.reshape(B_, nH, N, hd).transpose(1, 2).reshape(B_, N, C)  # (B*nW, N, C)
         return self.proj_drop(self.proj(out))
 
@@ -255,7 +227,7 @@ class SwinTransformerBlock(nn.Module):
     """Pre-norm block: ``x + DropPath((S)W-MSA(LN(x)))``, then ``x + DropPath(MLP(LN(x)))``.
 
     Args:
-        dim, num_heads, window_size, qkv_bias, fused_attn: as :class:`WindowAttention`; recompute_act: :class:`Mlp`.
+        dim, num_heads, window_size, qkv_bias, fused_attn: as :class:`WindowAttention`.
         shift_size: cyclic shift, 0 (W-MSA) or ``window_size // 2`` (SW-MSA).
         mlp_ratio: MLP hidden / ``dim``; drop / attn_drop / drop_path: dropout probabilities.
 
@@ -265,7 +237,7 @@ class SwinTransformerBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, window_size: int = 7, shift_size: int = 0,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0,
-                 drop_path: float = 0.0, fused_attn: bool | None = None, recompute_act: bool = False):
+                 drop_path: float = 0.0, fused_attn: bool | None = None):
         super().__init__()
         if not 0 <= shift_size < window_size:
             raise ValueError(f"shift_size must be in [0, window_size={window_size}), got {shift_size}")
@@ -274,7 +246,7 @@ class SwinTransformerBlock(nn.Module):
         self.attn = WindowAttention(dim, num_heads, window_size, qkv_bias, attn_drop, drop, fused_attn)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, recompute_act)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Args: x ``(B, H, W, C)``; attn_mask ``(nW, N, N)`` from :func:`shift_window_mask` (shifted
@@ -306,7 +278,7 @@ class PatchMerging(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(4 * dim)
-        self.reduction = Linear(4 * dim, 2 * dim, bias=False)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` -> ``(B, ceil(H/2), ceil(W/2), 2C)``."""
@@ -349,12 +321,12 @@ class BasicLayer(nn.Module):
 
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float,
                  qkv_bias: bool, drop: float, attn_drop: float, drop_path: list[float], downsample: bool,
-                 with_cp: bool = False, fused_attn: bool | None = None, recompute_act: bool = False):
+                 with_cp: bool = False, fused_attn: bool | None = None):
         super().__init__()
         self.window_size, self.with_cp = window_size, with_cp
         self.blocks = nn.ModuleList([
             SwinTransformerBlock(dim, num_heads, window_size, 0 if j % 2 == 0 else window_size // 2, mlp_ratio,
-                                 qkv_bias, drop, attn_drop, drop_path[j], fused_attn, recompute_act and not with_cp)
+                                 qkv_bias, drop, attn_drop, drop_path[j], fused_attn)
             for j in range(depth)])
         self.downsample = PatchMerging(dim) if downsample else None
 
@@ -404,8 +376,7 @@ class SwinTransformer(nn.Module):
         self.layers = nn.ModuleList([
             BasicLayer(self.num_features[i], cfg.depths[i], cfg.num_heads[i], cfg.window_size, cfg.mlp_ratio,
                        cfg.qkv_bias, cfg.drop_rate, cfg.attn_drop_rate,
-                       dpr[sum(cfg.depths[:i]):sum(cfg.depths[:i + 1])], i < n - 1, cfg.with_cp, cfg.fused_attn,
-                       cfg.recompute_act)
+                       dpr[sum(cfg.depths[:i]):sum(cfg.depths[:i + 1])], i < n - 1, cfg.with_cp, cfg.fused_attn)
             for i in range(n)])
         for i in self.out_indices:
             self.add_module(f"norm{i}", nn.LayerNorm(self.num_features[i]))
@@ -468,7 +439,6 @@ class SwinConfig:
     out_indices: tuple[int, ...] = (0, 1, 2, 3)  # stages whose (normalised) output is returned
     with_cp: bool = False  # gradient checkpointing per block (saves memory, costs a re-forward)
     fused_attn: bool | None = None  # F.scaled_dot_product_attention: True / False / None = on CUDA only
-    recompute_act: bool = True  # training: recompute MLP GELUs in backward, not store them (see Mlp; off under with_cp)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first inconsistent field."""

@@ -241,20 +241,19 @@ class UPerHead(nn.Module):
         if self.pea_layers is not None:
             outs = [sca(o) for sca, o in zip(self.pea_layers, outs, strict=True)]
         outs.append(laterals[-1])
-        del laterals  # the finer laterals are spent (freed now at inference)
-        size = outs[0].shape[-2:]
-        fb = self.fpn_bottleneck
-        if isinstance(fb, ConvModule) and size[0] * size[1] > 1:
-            # The 3x3 conv over the level concat, as the sum of its per-level slices (a conv is linear in its
-            # input channels): same result to fp32 rounding, but the (B, P*channels, H_0, W_0) concat and the
-            # P resized copies never exist at once (less memory). Then BN + ReLU as in ConvModule.
-            acc = None
-            for w, o in zip(fb.conv.weight.split(self.channels, dim=1), outs, strict=True):
-                b = fb.conv.bias if acc is None else None  # a bias exists once BN is folded in (fuse_conv_bn)
-                y = F.conv2d(resize(o, size), w, b, padding=fb.conv.padding)  # (B, channels, H_0, W_0)
-                acc = y if acc is None else acc.add_(y)
-            return fb.act(fb.bn(acc))
-        return fb(torch.cat([resize(o, size) for o in outs], dim=1))  # (B, channels, H_0, W_0)
+        del laterals  # the finer laterals are spent
+        return self.fuse_levels(outs, outs[0].shape[-2:])
+
+    def fuse_levels(self, outs: list[torch.Tensor], size) -> torch.Tensor:
+        """``fpn_bottleneck`` over the ``P`` level maps resized to ``size`` and concatenated (mmseg).
+
+        Args:
+            outs: ``P`` maps ``(B, channels, H_i, W_i)``, finest first; size: ``(H_0, W_0)``.
+
+        Returns:
+            ``(B, channels, H_0, W_0)``.
+        """
+        return self.fpn_bottleneck(torch.cat([resize(o, size) for o in outs], dim=1))  # (B, P*channels -> channels)
 
     def cls_seg(self, feats: torch.Tensor) -> torch.Tensor:
         """``(B, channels, H, W)`` -> ``(B, K, H, W)`` class logits (Dropout2d in training)."""

@@ -1,0 +1,179 @@
+"""Fast paths applied to a built model from one place; the model files keep the reference math.
+
+    model = iceseg.fast.optimize(build_model(cfg))   # what train.py and test.py do (train.fast_paths)
+    model = iceseg.fast.fuse_conv_bn(model.eval())   # test.py and validation (eval.fuse_conv_bn)
+
+Each fast path changes how a result is computed, not what: the optimized model has the same parameters,
+buffers and state-dict keys, and ``tests/test_fast.py`` checks its outputs and gradients against the plain
+model for every model family. A path is applied by swapping a module's class for a subclass whose
+``forward`` (or one method of it) differs, so ``optimize`` works on any model built from ``iceseg.models``
+and can be left out (``optimize(model, linear=False, ...)`` or not calling it at all).
+
+- ``linear``: CPU fp32 ``nn.Linear`` layers of the Swin backbone run on oneDNN as a 1x1 convolution over a
+  channels-last view when there are at least 256 tokens (the same products, summed in another order,
+  ~1e-6 relative): oneDNN's fp32 kernels outrun the sgemm behind ``F.linear`` on the CPUs measured, and
+  fewer tokens do not pay for its per-call weight reorder. Elsewhere (CUDA, other dtypes,
+  ``torch.backends.mkldnn.enabled = False``) exactly ``F.linear``.
+- ``attention``: Swin window attention adds the relative-position bias and the shift mask to the logits
+  in place (mmseg's order), so no second ``(B*nW, nH, N, N)`` buffer exists.
+- ``recompute_act``: in training, the Swin MLP's GELU (and dropout, same RNG) is recomputed in backward
+  instead of being kept for fc2's weight gradient (torch selective activation checkpointing that keeps
+  the matrix products); bit-identical gradients, one GELU more per block. Not applied to a backbone with
+  ``with_cp`` (whole blocks are recomputed there).
+- ``fpn_bottleneck``: UPerHead's 3x3 conv over the concatenated levels runs as the sum of its per-level
+  weight slices (a conv is linear in its input channels), so the ``(B, P*C, H, W)`` concat never exists.
+- :func:`fuse_conv_bn` (inference): BatchNorm folded into the conv before it.
+
+Measured effects are in README (Performance) and ``dev/benchmark.py``'s output, not here.
+"""
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+from iceseg.models.swin import Mlp, SwinTransformer, WindowAttention
+from iceseg.models.uper import ConvModule, UPerHead, resize
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` ``(..., C_in)`` -> ``(..., C_out)``, on CPU fp32 with >= 256 tokens as a oneDNN 1x1 conv.
+
+    The conv runs over a channels-last ``(1, C_in, L, 1)`` view of the ``L`` tokens; the result equals
+    ``F.linear`` to fp32 summation order. Any other case is ``F.linear`` itself.
+    """
+    if not (x.is_cpu and x.dtype == torch.float32 and x.numel() >= 256 * x.shape[-1] > 0
+            and torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()):
+        return F.linear(x, weight, bias)
+    lead = x.shape[:-1]
+    x = x.reshape(1, -1, 1, x.shape[-1]).permute(0, 3, 1, 2)  # (1, C_in, L, 1): channels-last view
+    x = F.conv2d(x, weight[:, :, None, None], bias)  # (1, C_out, L, 1) channels-last
+    return x.permute(0, 2, 3, 1).reshape(*lead, weight.shape[0])  # (..., C_out)
+
+
+class OneDNNLinear(nn.Linear):
+    """``nn.Linear`` (same parameters) computed by :func:`onednn_linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return onednn_linear(x, self.weight, self.bias)
+
+
+class InPlaceWindowAttention(WindowAttention):
+    """:class:`iceseg.models.swin.WindowAttention` whose bias and mask are added to the logits in place."""
+
+    def attention_logits(self, q, k, bias, mask):
+        B_, nH, N, _ = q.shape
+        nW = 1 if mask is None else mask.shape[0]
+        attn = (q * self.scale) @ k.transpose(-2, -1)  # (B*nW, nH, N, N)
+        attn.view(-1, nW, nH, N, N).add_(bias)  # (B, nW, nH, N, N) view
+        if mask is not None:
+            attn.view(-1, nW, nH, N, N).add_(mask[:, None])  # (B, nW, nH, N, N) view
+        return attn
+
+
+def _save_only_products(ctx, func, *args, **kwargs) -> CheckpointPolicy:
+    """Selective-checkpoint policy: keep matrix-product outputs, recompute the rest (GELU, dropout, views)."""
+    products = (torch.ops.aten.convolution.default, torch.ops.aten.addmm.default, torch.ops.aten.mm.default)
+    return CheckpointPolicy.MUST_SAVE if func in products else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+class RecomputeMlp(Mlp):
+    """:class:`iceseg.models.swin.Mlp` that, in training, recomputes its GELU/dropout in backward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(
+                super().forward, x, use_reentrant=False,
+                context_fn=lambda: create_selective_checkpoint_contexts(_save_only_products))
+        return super().forward(x)
+
+
+class _SlicedBottleneck:
+    """Mixin for :class:`iceseg.models.uper.UPerHead` and subclasses: the level fusion conv as a sum of slices."""
+
+    def fuse_levels(self, outs: list, size) -> torch.Tensor:
+        fb = self.fpn_bottleneck
+        if not isinstance(fb, ConvModule) or size[0] * size[1] <= 1:
+            return super().fuse_levels(outs, size)
+        acc = None
+        for w, o in zip(fb.conv.weight.split(self.channels, dim=1), outs, strict=True):
+            b = fb.conv.bias if acc is None else None  # a bias exists once BN is folded in (fuse_conv_bn)
+            y = F.conv2d(resize(o, size), w, b, padding=fb.conv.padding)  # (B, channels, H_0, W_0)
+            acc = y if acc is None else acc.add_(y)
+        return fb.act(fb.bn(acc))
+
+
+_SUBCLASSES: dict[type, type] = {}
+
+
+def _sliced(cls: type) -> type:
+    """The :class:`_SlicedBottleneck` subclass of a UPerHead class (one per class, cached)."""
+    if cls not in _SUBCLASSES:
+        _SUBCLASSES[cls] = type(f"Sliced{cls.__name__}", (_SlicedBottleneck, cls), {})
+    return _SUBCLASSES[cls]
+
+
+def optimize(model: nn.Module, linear: bool = True, attention: bool = True, recompute_act: bool = True,
+             fpn_bottleneck: bool = True) -> nn.Module:
+    """Apply the fast paths of this module to ``model`` in place (class swaps; parameters untouched).
+
+    Args:
+        model: any module built from ``iceseg.models`` (or containing such modules).
+        linear, attention, recompute_act, fpn_bottleneck: which paths to apply (module docstring).
+
+    Returns:
+        ``model``; a second call changes nothing.
+    """
+    for swin in [m for m in model.modules() if isinstance(m, SwinTransformer)]:
+        for m in swin.modules():
+            if linear and type(m) is nn.Linear:
+                m.__class__ = OneDNNLinear
+            elif attention and type(m) is WindowAttention:
+                m.__class__ = InPlaceWindowAttention
+            elif recompute_act and type(m) is Mlp and not swin.config.with_cp:
+                m.__class__ = RecomputeMlp
+    if fpn_bottleneck:
+        for m in model.modules():
+            if isinstance(m, UPerHead) and not isinstance(m, _SlicedBottleneck):
+                m.__class__ = _sliced(type(m))
+    return model
+
+
+def fuse_conv_bn(model: nn.Module) -> nn.Module:
+    """Fold each eval-mode ``BatchNorm2d`` into the ``Conv2d`` registered right before it (inference only).
+
+    ``BN(conv(x)) = gamma * (W*x + b - mean) / sqrt(var + eps) + beta`` is one conv with weight ``W * s`` and bias
+    ``(b - mean) * s + beta``, ``s = gamma / sqrt(var + eps)`` per output channel
+    (``torch.nn.utils.fusion.fuse_conv_bn_eval``); the BN becomes ``nn.Identity``. Outputs agree to fp32
+    rounding (~1e-6 relative); each pair then writes one ``(B, C, H, W)`` map instead of two.
+
+    A pair is a ``Conv2d`` followed, in its parent's registration order, by a ``BatchNorm2d`` of as many channels:
+    the torchvision / mmcv / smp layout in which that BN normalises that conv's output (ResNet blocks and stems,
+    ``ConvModule``, smp's ``Conv2dReLU``, ASPP branches). Every model of this package follows it;
+    ``tests/test_losses_inference.py`` checks fused against unfused outputs for each model family. The state
+    dict loses the ``bn`` keys, so fuse after loading a checkpoint and do not train or save the result.
+
+    Args:
+        model: a module in eval mode, modified in place.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        ValueError: if ``model`` or any submodule is in training mode (batch statistics cannot be folded).
+    """
+    if any(m.training for m in model.modules()):
+        raise ValueError("fuse_conv_bn: call model.eval() first; BatchNorm in training mode uses batch statistics")
+    for parent in list(model.modules()):
+        names = list(parent._modules)
+        for a, b in itertools.pairwise(names):
+            conv, bn = parent._modules[a], parent._modules[b]
+            if (isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d and bn.track_running_stats
+                    and conv.out_channels == bn.num_features):
+                parent._modules[a] = fuse_conv_bn_eval(conv, bn)
+                parent._modules[b] = nn.Identity()
+    return model

@@ -1,0 +1,144 @@
+"""iceseg.fast: every fast path gives the reference model's outputs and gradients, for every model family."""
+
+import collections
+import copy
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import configs
+from iceseg.fast import InPlaceWindowAttention, OneDNNLinear, RecomputeMlp, optimize
+from iceseg.models.swin import Mlp
+from iceseg.segmentor import build_model
+
+
+def _batch(cfg):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, cfg.data.in_channels, 64, 80, generator=g)
+    if cfg.loss.name == "multitask":
+        y = {"SIC": torch.randint(0, 11, (2, 64, 80), generator=g), "SOD": torch.randint(0, 6, (2, 64, 80), generator=g),
+             "FLOE": torch.randint(0, 7, (2, 64, 80), generator=g)}
+    else:
+        y = torch.randint(0, cfg.data.num_classes, (2, 64, 80), generator=g)
+    return x, y
+
+
+@pytest.mark.parametrize("name", ["icesegnet_yrcc2_debug", "knet_yrcc2_debug", "unetpp_glacier_debug",
+                                  "deeplab_autoice_debug"])
+def test_optimized_model_equals_the_reference_model(name):
+    cfg = configs.get_config(name)
+    torch.manual_seed(0)
+    ref = build_model(cfg)
+    fast = optimize(copy.deepcopy(ref))
+    assert fast.state_dict().keys() == ref.state_dict().keys()
+    if name.startswith(("icesegnet", "knet")):  # Swin backbone and a UPerHead: every path applies
+        kinds = {type(m).__name__ for m in fast.modules()}
+        assert {"OneDNNLinear", "InPlaceWindowAttention", "RecomputeMlp"} <= kinds, kinds
+        assert any(k.startswith("Sliced") for k in kinds), kinds
+    x, y = _batch(cfg)
+    with torch.no_grad():
+        for m in (ref, fast):
+            m.eval()
+        a, b = ref(x), fast(x)
+    for u, v in zip(a.values() if isinstance(a, dict) else [a], b.values() if isinstance(b, dict) else [b], strict=True):
+        torch.testing.assert_close(v, u, atol=1e-4, rtol=1e-4)  # fp32 sums in another order (K-Net golden: 1e-4)
+    grads = []
+    for m in (ref, fast):  # training mode: dropout / drop path drawn from the same seed
+        m.train()
+        torch.manual_seed(1)
+        losses = m(x, y)
+        sum(losses.values()).backward()
+        grads.append({n: p.grad for n, p in m.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for n, g in grads[0].items():
+        torch.testing.assert_close(grads[1][n], g, atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_optimize_is_idempotent_and_switchable():
+    cfg = configs.get_config("icesegnet_yrcc2_debug")
+    model = build_model(cfg)
+    once = sorted(type(m).__name__ for m in optimize(model).modules())
+    assert sorted(type(m).__name__ for m in optimize(model).modules()) == once
+    plain = optimize(build_model(cfg), linear=False, attention=False, recompute_act=False, fpn_bottleneck=False)
+    assert not {"OneDNNLinear", "InPlaceWindowAttention", "RecomputeMlp"} & {type(m).__name__ for m in plain.modules()}
+    assert isinstance(next(m for m in model.modules() if isinstance(m, InPlaceWindowAttention)), InPlaceWindowAttention)
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")  # emitted by mkldnn.flags() on CPU builds
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_linear_matches_f_linear_forward_and_backward(bias):
+    """The CPU fast path (1x1 conv on oneDNN) against F.linear: values and gradients; exact fallback when off."""
+    torch.manual_seed(0)
+    layer = OneDNNLinear(24, 40, bias=bias)
+    x = torch.randn(2, 16, 9, 24, requires_grad=True)  # 288 tokens: the oneDNN path (>= 256)
+    y = layer(x)
+    ref_x = x.detach().clone().requires_grad_(True)
+    ref = torch.nn.functional.linear(ref_x, layer.weight, layer.bias)
+    assert y.shape == ref.shape == (2, 16, 9, 40) and y.is_contiguous()
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [x, *layer.parameters()], g)
+    ref_grads = torch.autograd.grad(ref, [ref_x, *layer.parameters()], g)
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+    with torch.backends.mkldnn.flags(enabled=False), torch.no_grad():  # the switch gives F.linear exactly
+        assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    with torch.no_grad():  # and so do fewer than 256 tokens
+        assert torch.equal(layer(x[:, :2]), torch.nn.functional.linear(x[:, :2], layer.weight, layer.bias))
+    if torch.backends.mkldnn.is_available():  # the fast path really ran: a convolution, no BLAS matmul
+        with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            layer(x)
+        ops = {e.name for e in prof.events()}
+        assert "aten::convolution" in ops and not ops & {"aten::addmm", "aten::mm", "aten::linear"}, ops
+
+
+
+class _OpLog(TorchDispatchMode):
+    """Count the aten ops run inside the mode, by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")  # emitted by mkldnn.flags() on CPU builds
+@pytest.mark.parametrize("onednn", [True, False])
+def test_mlp_recompute_act_frees_gelu_output_same_grads(onednn):
+    """RecomputeMlp: fc2's input (dropout of the GELU) is not kept for backward, no product is recomputed, gradients
+    are bit-identical (dropout too: the checkpoint replays the RNG); oneDNN conv and BLAS linear paths."""
+    import weakref
+
+    torch.manual_seed(0)
+    plain = Mlp(16, 64, drop=0.2)
+    for fc in (plain.fc1, plain.fc2):
+        fc.__class__ = OneDNNLinear  # as optimize() leaves them; with oneDNN off it is F.linear
+    sac = copy.deepcopy(plain)
+    sac.__class__ = RecomputeMlp
+    x = torch.randn(2, 300, 16)  # 600 tokens: the oneDNN path when enabled
+    fc2_input, kept, ops, grads = {}, {}, {}, {}
+    for name, m in (("plain", plain), ("sac", sac)):
+        handle = m.fc2.register_forward_pre_hook(  # returns None: the input is not replaced
+            lambda mod, i: fc2_input.update(ref=weakref.ref(i[0].untyped_storage())) or None)
+        xi = x.clone().requires_grad_(True)
+        torch.manual_seed(1)
+        with torch.backends.mkldnn.flags(enabled=onednn):
+            y = m(xi)
+            handle.remove()
+            kept[name] = fc2_input["ref"]() is not None  # fc2's (2, 300, 64) input (dropout of GELU) referenced?
+            with _OpLog() as log:
+                y.backward(torch.ones_like(y))
+        grads[name] = [xi.grad, *(p.grad for p in m.parameters())]
+        ops[name] = log.ops
+    assert kept["plain"] and not kept["sac"]
+    for op in ("aten.convolution.default", "aten.addmm.default", "aten.mm.default"):  # no product recomputed
+        assert ops["sac"][op] == ops["plain"][op], (op, ops)
+    assert ops["sac"]["aten.gelu.default"] == 1 and ops["plain"]["aten.gelu.default"] == 0  # recomputed once
+    for a, b in zip(grads["plain"], grads["sac"], strict=True):
+        assert torch.equal(a, b)
+
+
