@@ -21,7 +21,7 @@ Sources (facts only; the code is written from scratch, it does not use or copy m
   ``augmentations/geometric/functional.py::create_affine_transformation_matrix`` / ``center`` / ``rot90``,
   ``augmentations/geometric/rotate.py::RandomRotate90``,
   ``augmentations/pixel/transforms.py::RandomBrightnessContrast``.
-- OpenCV ``resize`` (INTER_LINEAR, INTER_NEAREST), ``warpAffine`` and 8-bit ``cvtColor`` BGR<->HSV rules.
+- OpenCV ``resize`` (INTER_LINEAR, INTER_NEAREST) and ``warpAffine`` rules; OpenCV's 8-bit HSV scale.
 
 Intentional deviations (all documented on the class):
 - Bilinear resizing uses ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False,
@@ -31,8 +31,8 @@ Intentional deviations (all documented on the class):
   ``mode="nearest"`` does not: it disagrees on 331 of 6368 size pairs tested).
 - ``RandomAffine`` samples with an exact float64 inverse mapping; cv2 ``warpAffine`` uses fixed-point
   coordinates, so float results differ by ~1e-5 (uint8 and labels matched exactly in the checks made).
-- ``PhotoMetricDistortion`` on uint8 input reproduces mmseg's uint8 truncation after every step and the
-  OpenCV 8-bit HSV conversion; float input is processed without quantisation. For ``C != 3`` only the
+- ``PhotoMetricDistortion`` computes in float32 with the plain HSV formulas (mmseg truncates to uint8
+  after every step and uses OpenCV's 8-bit HSV tables: a few grey levels apart). For ``C != 3`` only the
   brightness and contrast steps run (mmseg would fail on the HSV conversion).
 - ``Resize``/``RandomResize`` default ``keep_ratio=True`` (mmcv ``Resize`` defaults to False; every
   mmseg config in this project passes True).
@@ -590,80 +590,35 @@ class RandomAffine(Transform):
 
 # --------------------------------------------------------------------------- photometric
 
-_HSV_SHIFT = 12
-_SDIV = np.zeros(256, dtype=np.int64)
-_HDIV = np.zeros(256, dtype=np.int64)
-_SDIV[1:] = np.rint((255 << _HSV_SHIFT) / np.arange(1, 256, dtype=np.float64))
-_HDIV[1:] = np.rint((180 << _HSV_SHIFT) / (6.0 * np.arange(1, 256, dtype=np.float64)))
-
-
-def rgb_to_hsv(rgb: np.ndarray, *, quantize: bool) -> np.ndarray:
-    """RGB -> HSV on the OpenCV 8-bit scale: H in [0, 180) (degrees / 2), S and V in [0, 255].
+def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
+    """RGB -> HSV on OpenCV's 8-bit scale (what mmseg's ``PhotoMetricDistortion`` works in), in float.
 
     Args:
         rgb: ``(H, W, 3)`` values in [0, 255], channels R, G, B.
-        quantize: True reproduces OpenCV's 8-bit ``cvtColor`` (integer input, 12-bit fixed-point
-            division tables, rounded integer output); False is the exact float formula.
 
     Returns:
-        ``(H, W, 3)`` float32 (integer-valued when ``quantize``).
+        ``(H, W, 3)`` float32: H in [0, 180) (degrees / 2), S and V in [0, 255]; H = 0 for greys.
     """
-    if quantize:
-        r, g, b = (rgb[..., i].astype(np.int64) for i in range(3))
-        v = np.maximum(np.maximum(r, g), b)
-        diff = v - np.minimum(np.minimum(r, g), b)
-        s = (diff * _SDIV[v] + (1 << (_HSV_SHIFT - 1))) >> _HSV_SHIFT
-        h = np.where(v == r, g - b, np.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
-        h = (h * _HDIV[diff] + (1 << (_HSV_SHIFT - 1))) >> _HSV_SHIFT
-        h = np.where(h < 0, h + 180, h)
-        return np.stack([h, s, v], axis=-1).astype(np.float32)  # (H, W, 3)
     r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
     v = np.maximum(np.maximum(r, g), b)
     diff = v - np.minimum(np.minimum(r, g), b)
-    s = np.where(v > 0, 255.0 * diff / np.where(v > 0, v, 1), 0).astype(np.float32)
+    s = np.where(v > 0, 255.0 * diff / np.where(v > 0, v, 1), 0)
     safe = np.where(diff > 0, diff, 1)
     h = np.where(v == r, (g - b) / safe, np.where(v == g, 2 + (b - r) / safe, 4 + (r - g) / safe)) * 30.0
-    h = np.where(diff > 0, np.mod(h, 180.0), 0).astype(np.float32)
-    return np.stack([h, s, v], axis=-1)  # (H, W, 3)
+    h = np.where(diff > 0, np.mod(h, 180.0), 0)
+    return np.stack([h, s, v], axis=-1).astype(np.float32)  # (H, W, 3)
 
 
-def hsv_to_rgb(hsv: np.ndarray, *, quantize: bool) -> np.ndarray:
-    """Inverse of :func:`rgb_to_hsv` (OpenCV ``HSV2RGB`` sector formula, float32 arithmetic).
-
-    With ``quantize`` the result equals OpenCV 4.10 / 5.0 (x86-64 wheels) ``COLOR_HSV2RGB`` on all
-    180 x 256 x 256 8-bit triplets.
-
-    Args:
-        hsv: ``(H, W, 3)`` with H in [0, 180), S and V in [0, 255].
-        quantize: truncate to integers, as OpenCV's vectorised 8-bit ``HSV2RGB`` does (its scalar
-            tail loop, used for the last few pixels of a row that do not fill a SIMD block, rounds
-            instead, so those pixels can differ by 1).
-
-    Returns:
-        ``(H, W, 3)`` float32 RGB in [0, 255].
-    """
-    h = hsv[..., 0].astype(np.float32) * np.float32(6.0 / 180.0)
-    s = hsv[..., 1].astype(np.float32) * np.float32(1.0 / 255.0)
-    v = hsv[..., 2].astype(np.float32) * np.float32(1.0 / 255.0)
-    h = np.mod(h, np.float32(6.0))
-    f = h - np.floor(h)  # float32 fraction within the sector
-    sector = np.clip(np.floor(h).astype(np.int64), 0, 5)
-    one = np.float32(1.0)
-    s64 = s.astype(np.float64)
-    # 1 - s*f as one fused multiply-add (single rounding), as the x86-64 OpenCV wheels compute it
-    t2 = (1.0 - s64 * f).astype(np.float32)
-    t3 = (1.0 - s64 * (one - f)).astype(np.float32)
-    tab = np.stack([v, v * (one - s), v * t2, v * t3], axis=-1)  # (H, W, 4)
-    # columns of the OpenCV sector table give (b, g, r) indices into tab
-    sector_bgr = np.array([[1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], [2, 1, 0]])
-    idx = sector_bgr[sector][..., ::-1]  # (H, W, 3) indices for (r, g, b)
-    rgb = np.take_along_axis(tab, idx, axis=-1)  # (H, W, 3)
-    rgb = np.where((s == 0)[..., None], v[..., None], rgb) * np.float32(255.0)
-    return (np.clip(np.floor(rgb), 0, 255) if quantize else rgb).astype(np.float32)
+def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`rgb_to_hsv` (the standard six-sector formula), ``(H, W, 3)`` float32 RGB in [0, 255]."""
+    h = np.mod(hsv[..., 0].astype(np.float32) / 30.0, 6.0)  # sector position in [0, 6)
+    s, v = hsv[..., 1].astype(np.float32) / 255.0, hsv[..., 2].astype(np.float32)
+    k = np.mod(np.array([5.0, 3.0, 1.0], np.float32) + h[..., None], 6.0)  # (H, W, 3) per R, G, B
+    return v[..., None] * (1 - s[..., None] * np.clip(np.minimum(k, 4 - k), 0, 1))  # (H, W, 3)
 
 
 class PhotoMetricDistortion(Transform):
-    """mmseg ``PhotoMetricDistortion`` (``mmseg/datasets/transforms/transforms.py``) on 0..255 values.
+    """mmseg ``PhotoMetricDistortion`` (``mmseg/datasets/transforms/transforms.py``) on 0..255 values, in float.
 
     Order (each step applied with probability 0.5, drawn as ``rng.integers(2)``):
     1. brightness: ``+ U(-brightness_delta, brightness_delta)``;
@@ -673,15 +628,10 @@ class PhotoMetricDistortion(Transform):
        ``randint`` in mmseg: [-18, 17] by default), modulo 180 (OpenCV hue units; 3-channel only);
     5. if ``mode == 0``, contrast here.
     (mmseg's comments call mode 0 "contrast first"; its code, followed here, does the opposite.)
-    Every step clips to [0, 255].
-
-    uint8 input reproduces mmseg: after every step the values are truncated to integers (mmseg casts to
-    uint8) and HSV uses OpenCV's 8-bit conversion (:func:`rgb_to_hsv`, :func:`hsv_to_rgb`). Fed the same
-    random stream, the output equals mmseg 1.2.2 bit for bit when the image width is a multiple of
-    OpenCV's SIMD block (32 pixels on AVX2, e.g. 512-pixel crops); otherwise OpenCV rounds instead of
-    truncating in HSV->BGR for the last pixels of each row (measured at width 50: 9 % of values differ,
-    by at most 4 levels after the contrast step). Float input (0..255 scale) is not quantised. Images with ``C != 3`` (e.g.
-    multi-band rasters) get only brightness and contrast, same value for every band.
+    Every step clips to [0, 255]. The same random draws as mmseg, computed in float32: mmseg also
+    truncates to uint8 after every step and converts HSV with OpenCV's 8-bit tables, so its output is
+    within a few grey levels of this one. Images with ``C != 3`` (multi-band rasters) get only
+    brightness and contrast, the same value for every band.
 
     Args:
         brightness_delta: max absolute brightness offset (grey levels).
@@ -708,43 +658,34 @@ class PhotoMetricDistortion(Transform):
             raise ValueError(f"PhotoMetricDistortion: channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
         self.channel_order = channel_order
 
-    @staticmethod
-    def _convert(x: np.ndarray, quantize: bool, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
-        x = np.clip(x * np.float32(alpha) + np.float32(beta), 0, 255)
-        return np.floor(x) if quantize else x  # mmseg: astype(uint8) truncates
+    def _contrast(self, x, rng):
+        return np.clip(x * np.float32(rng.uniform(*self.contrast_range)), 0, 255) if rng.integers(2) else x
 
-    def _contrast(self, x, q, rng):
-        if rng.integers(2):
-            x = self._convert(x, q, alpha=rng.uniform(*self.contrast_range))
-        return x
-
-    def _hsv_step(self, x, q, rng, channel: int):
+    def _hsv_step(self, x, rng, channel: int):
         if not rng.integers(2):
             return x
-        rgb = x if self.channel_order == "rgb" else x[..., ::-1]
-        hsv = rgb_to_hsv(rgb, quantize=q)
+        hsv = rgb_to_hsv(x if self.channel_order == "rgb" else x[..., ::-1])  # (H, W, 3)
         if channel == 1:
-            hsv[..., 1] = self._convert(hsv[..., 1], q, alpha=rng.uniform(*self.saturation_range))
+            hsv[..., 1] = np.clip(hsv[..., 1] * np.float32(rng.uniform(*self.saturation_range)), 0, 255)
         else:
             delta = int(rng.integers(-self.hue_delta, self.hue_delta)) if self.hue_delta > 0 else 0
             hsv[..., 0] = np.mod(hsv[..., 0] + delta, 180)
-        rgb = hsv_to_rgb(hsv, quantize=q)
+        rgb = np.clip(hsv_to_rgb(hsv), 0, 255)
         return rgb if self.channel_order == "rgb" else np.ascontiguousarray(rgb[..., ::-1])
 
     def __call__(self, img, label, rng):
         _check_pair("PhotoMetricDistortion", img, label)
-        q = img.dtype == np.uint8
         x = img.astype(np.float32)
         if rng.integers(2):
-            x = self._convert(x, q, beta=rng.uniform(-self.brightness_delta, self.brightness_delta))
+            x = np.clip(x + np.float32(rng.uniform(-self.brightness_delta, self.brightness_delta)), 0, 255)
         mode = int(rng.integers(2))
         if mode == 1:
-            x = self._contrast(x, q, rng)
+            x = self._contrast(x, rng)
         if x.shape[2] == 3:
-            x = self._hsv_step(x, q, rng, channel=1)  # saturation
-            x = self._hsv_step(x, q, rng, channel=0)  # hue
+            x = self._hsv_step(x, rng, channel=1)  # saturation
+            x = self._hsv_step(x, rng, channel=0)  # hue
         if mode == 0:
-            x = self._contrast(x, q, rng)
+            x = self._contrast(x, rng)
         return x.astype(np.float32, copy=False), label
 
 
