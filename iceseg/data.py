@@ -694,7 +694,7 @@ def folder(cfg, split, pipeline, seed=0) -> SegDataset:
 
 
 def autoice(cfg, split, pipeline, seed=0):
-    """AutoICE / AI4Arctic ready-to-train NetCDF scenes (iceseg/autoice.py, needs h5py): random
+    """AutoICE / AI4Arctic ready-to-train NetCDF scenes (iceseg/autoice/data.py, needs h5py): random
     patches for ``cfg.train_split``, whole scenes otherwise; ``cfg.kwargs`` holds its options."""
     from iceseg.autoice import build_autoice_dataset
 

@@ -13,7 +13,8 @@ from iceseg.distance import class_distance_maps
 from iceseg.metrics import label_edges
 
 
-def _match_size(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+def match_size(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """``(B, K, h, w)`` logits bilinearly upsampled (align_corners False) to the ``(B, H, W)`` label's size."""
     if logits.shape[-2:] != label.shape[-2:]:
         logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
     return logits
@@ -36,7 +37,7 @@ def cross_entropy(logits: torch.Tensor, label: torch.Tensor, ignore_index: int =
     Returns:
         Scalar loss.
     """
-    logits = _match_size(logits, label)
+    logits = match_size(logits, label)
     loss = F.cross_entropy(logits.float(), label, weight=class_weight, ignore_index=ignore_index,
                            reduction="none")  # (B, H, W)
     denom = (label != ignore_index).sum().clamp_min(1) if avg_non_ignore else label.numel()
@@ -65,7 +66,7 @@ def bce_dice_loss(logits: torch.Tensor, label: torch.Tensor, bce_weight: float =
     """
     if logits.shape[1] != 1:
         raise ValueError(f"bce_dice_loss expects (B, 1, H, W) logits, got {tuple(logits.shape)}")
-    z = _match_size(logits, label)[:, 0].float()  # (B, H, W)
+    z = match_size(logits, label)[:, 0].float()  # (B, H, W)
     valid = (label != ignore_index)
     y = (label == 1).float()
     bce = F.binary_cross_entropy_with_logits(z[valid], y[valid]) if valid.any() else z.sum() * 0
@@ -171,94 +172,11 @@ def edge_bce_loss(edge_logits: torch.Tensor, label: torch.Tensor, ignore_index: 
     """
     if edge_logits.dim() != 4 or edge_logits.shape[1] != 1:
         raise ValueError(f"edge_bce_loss expects (B, 1, h, w) logits, got {tuple(edge_logits.shape)}")
-    z = _match_size(edge_logits, label)[:, 0].float()  # (B, H, W)
+    z = match_size(edge_logits, label)[:, 0].float()  # (B, H, W)
     target, valid = edge_target(label, ignore_index)
     if not valid.any():
         return z.sum() * 0
     return F.binary_cross_entropy_with_logits(z[valid], target[valid])
-
-
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, ignore_index: int = 255,
-               reduction: str = "mean") -> torch.Tensor:
-    """Mean squared error over valid target pixels (the AutoICE seed's SIC regression loss).
-
-    loss = sum_{p: y_p != ignore} (z_p - y_p)^2 / #{p: y_p != ignore}, on the target's scale (SIC
-    classes 0..10 in the seed; spec autoice.md §2.4). The seed also drops non-finite predictions;
-    here they propagate, so a diverging model shows up as a non-finite loss.
-
-    Args:
-        pred: ``(B, 1, h, w)`` or ``(B, h, w)`` float regression output (upsampled bilinearly to
-            the target size when smaller).
-        target: ``(B, H, W)`` integer or float values, ``ignore_index`` = masked.
-        ignore_index: masked target value (255).
-        reduction: ``"mean"`` (the formula above; 0 when nothing is valid) or ``"sum"`` (numerator only).
-
-    Returns:
-        Scalar float32 loss.
-
-    Raises:
-        ValueError: ``pred`` has more than one channel, or an unknown reduction.
-    """
-    if pred.dim() == 3:
-        pred = pred[:, None]  # (B, 1, h, w)
-    if pred.shape[1] != 1:
-        raise ValueError(f"masked_mse expects a (B, 1, H, W) regression map, got {tuple(pred.shape)}")
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"masked_mse reduction must be 'mean' or 'sum', not {reduction!r}")
-    z = _match_size(pred, target)[:, 0].float()  # (B, H, W)
-    valid = target != ignore_index
-    sq = ((z - target.float()) ** 2 * valid).sum()
-    return sq if reduction == "sum" else sq / valid.sum().clamp_min(1)
-
-
-class MultiTaskLoss(torch.nn.Module):
-    """Weighted sum of per-task losses for multi-head charts (AutoICE: SIC, SOD, FLOE).
-
-    A task with one output channel is a regression trained with :func:`masked_mse`; a task with
-    ``K > 1`` outputs is a classification trained with softmax cross-entropy averaged over
-    non-ignored pixels (``torch.nn.CrossEntropyLoss(ignore_index=255)``, i.e. :func:`cross_entropy`
-    with ``avg_non_ignore=True``). The seed weights all three 1:1:1 (spec autoice.md §2.4); the
-    challenge winner used SIC:SOD:FLOE = 1:3:3.
-
-    Args:
-        tasks: ``{task: K}`` output channels per task (e.g. ``{"SIC": 1, "SOD": 7, "FLOE": 8}``).
-        weights: ``{task: weight}``; missing tasks weigh 1.
-        ignore_index: masked label value (255).
-
-    Raises:
-        ValueError: a weight names an unknown task.
-    """
-
-    def __init__(self, tasks: dict, weights: dict | None = None, ignore_index: int = 255):
-        super().__init__()
-        unknown = sorted(set(weights or {}) - set(tasks))
-        if unknown:
-            raise ValueError(f"loss task_weights name unknown tasks {unknown}; tasks are {list(tasks)}")
-        self.tasks = {t: int(k) for t, k in tasks.items()}
-        self.weights = {t: float((weights or {}).get(t, 1.0)) for t in tasks}
-        self.ignore_index = ignore_index
-
-    def task_loss(self, task: str, logits: torch.Tensor, label: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """Unweighted loss of one task: ``(B, K, h, w)`` logits vs ``(B, H, W)`` label (255 = ignore).
-
-        ``reduction="sum"`` returns the summed per-pixel loss (divide by the valid count yourself).
-        """
-        if self.tasks[task] == 1:
-            return masked_mse(logits, label, self.ignore_index, reduction)
-        if reduction == "sum":
-            return cross_entropy(logits, label.long(), self.ignore_index) * label.numel()
-        return cross_entropy(logits, label.long(), self.ignore_index, avg_non_ignore=True)
-
-    def forward(self, logits: dict, label: dict) -> dict:
-        """``{task: (B, K, h, w)}`` and ``{task: (B, H, W)}`` -> ``{"loss_<task>": weight * loss}``.
-
-        Raises:
-            KeyError: a task has no label.
-        """
-        missing = [t for t in self.tasks if t not in label]
-        if missing:
-            raise KeyError(f"MultiTaskLoss: no label for tasks {missing} (labels given: {sorted(label)})")
-        return {f"loss_{t}": self.weights[t] * self.task_loss(t, logits[t], label[t]) for t in self.tasks}
 
 
 # --------------------------------------------------------------------------- distance loss (Lossd)
@@ -387,7 +305,7 @@ class DistanceLoss(torch.nn.Module):
         weight = self.loss_weight * self.scale
         if weight == 0:  # warm-up start: skip the distance maps, keep a graph
             return {"loss_dist": logits.sum() * 0}
-        z = _match_size(logits, label).float()
+        z = match_size(logits, label).float()
         if z.shape[1] == 1 and self.num_classes == 2:
             prob = torch.sigmoid(z)
         elif z.shape[1] == self.num_classes:

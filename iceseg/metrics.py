@@ -378,15 +378,6 @@ def weighted_f1(mat: torch.Tensor) -> float:
     return float((support / n * f1).sum()) if n > 0 else float("nan")
 
 
-def combined_score(r2_sic: float, f1_sod: float, f1_floe: float, weights=(2.0, 2.0, 1.0)) -> float:
-    """AutoICE combined score (w_SIC R²_SIC + w_SOD F1_SOD + w_FLOE F1_FLOE) / sum w, weights 2:2:1.
-
-    Units follow the inputs (fractions or percent).
-    """
-    w1, w2, w3 = weights
-    return (w1 * r2_sic + w2 * f1_sod + w3 * f1_floe) / (w1 + w2 + w3)
-
-
 # --------------------------------------------------------------------------- boundary metrics
 # BFscore (Csurka, Larlus & Perronnin, BMVC 2013; MATLAB ``bfscore``) and Boundary IoU (Cheng et al.,
 # CVPR 2021, ``bowenc0221/boundary-iou-api``), spec unetpp_glacier_and_lossd.md B6 and icesegnet.md §5.

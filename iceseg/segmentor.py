@@ -303,14 +303,14 @@ def build_knet(cfg) -> EncoderDecoder:
 
 
 def build_deeplab_multitask(cfg) -> nn.Module:
-    """AutoICE multi-task DeepLab (iceseg/deeplab.py) with its :class:`iceseg.losses.MultiTaskLoss`.
+    """AutoICE multi-task DeepLab (iceseg/models/deeplab.py) with its :class:`iceseg.autoice.loss.MultiTaskLoss`.
 
     ``cfg.model.arch`` (configs.DeepLabConfig): ``tasks`` ({task: K}, default SIC 1 / SOD 7 / FLOE 8) and the
     ``MultiTaskDeepLab`` arguments (``layers``, ``atrous_rates``, ``aspp_channels``, ``pool``, ``dropout``);
     ``cfg.loss.task_weights`` weighs the heads; ``cfg.model.pretrained`` may be a torchvision ResNet, a seed
     checkpoint or an iceseg state dict (``deeplab.load_pretrained``).
     """
-    from iceseg.losses import MultiTaskLoss
+    from iceseg.autoice.loss import MultiTaskLoss
     from iceseg.models.deeplab import MultiTaskDeepLab, load_pretrained
 
     a = _arch(cfg)

@@ -23,9 +23,9 @@ from iceseg.autoice import (
     scene_file_name,
     write_synthetic_scene,
 )
-from iceseg.evaluation import AutoICEEvaluator
-from iceseg.losses import MultiTaskLoss, masked_mse
-from iceseg.metrics import RegressionStats, combined_score, confusion_matrix, r2_from_sums, weighted_f1
+from iceseg.autoice.evaluate import AutoICEEvaluator, combined_score
+from iceseg.autoice.loss import MultiTaskLoss, masked_mse
+from iceseg.metrics import RegressionStats, confusion_matrix, r2_from_sums, weighted_f1
 from tests.conftest import assert_scores_equal_validation, run_script
 
 torch.set_num_threads(2)

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # limit would only push fields back into free-form dicts.
 BUDGET = {"train.py": 400, "iceseg/dist.py": 80}
 MODEL_FILES = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("iceseg/models/*.py") if p.name != "__init__.py")
-MODEL_BUDGET = 705  # "around 500" once the CPU fast paths leave swin.py; docstrings with shapes and sources take room
+MODEL_BUDGET = 680  # house style "around 500"; swin.py (converters for three checkpoint layouts) is the largest
 
 
 @pytest.mark.parametrize("path,limit", [*BUDGET.items(), *((p, MODEL_BUDGET) for p in MODEL_FILES)])
