@@ -1,4 +1,4 @@
-"""Time the distance maps Lossd needs: a batch of 8 label maps of 1024 x 1024 with 7 classes (issue 6).
+"""Time the distance maps Lossd needs: a batch of 8 label maps of 1024 x 1024 with 7 classes.
 
     python dev/bench_distance.py [--batch 8] [--size 1024] [--classes 7] [--repeat 5]
 

@@ -2,7 +2,7 @@
 
     python dev/bench_optim.py [--threads 2] [--repeats 5]
 
-Dev tool for issue 7 (``optim.fused``). Gradients are random and fixed; prints the median seconds per step.
+Dev tool (``optim.fused``). Gradients are random and fixed; prints the median seconds per step.
 """
 
 import argparse

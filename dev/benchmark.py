@@ -1,4 +1,4 @@
-"""Benchmark every iceseg model against its reference implementation in the same run (issue 7).
+"""Benchmark every iceseg model against its reference implementation in the same run.
 
     python dev/benchmark.py [--cases all|a,b,...] [--repeats 3] [--warmup 0] [--mem-passes 1] [--mem-procs 3] [--device cpu] [--threads 2]
                         [--json bench.json] [--quick] [--no-ref]

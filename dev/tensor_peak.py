@@ -2,7 +2,7 @@
 
     python dev/tensor_peak.py CASE [--impl ours|timm|mmseg|smp|torchvision] [--quick]
 
-Dev tool for issue 7: the deterministic counterpart of benchmark.py's RSS figure (the CPU analogue of
+Dev tool: the deterministic counterpart of benchmark.py's RSS figure (the CPU analogue of
 ``torch.cuda.max_memory_allocated``). A ``TorchDispatchMode`` adds the storage bytes of every op output whose
 storage is new (not a view of an input) and subtracts them when the storage is freed (a ``weakref.finalize`` on
 the storage). Library scratch outside tensors (oneDNN weight reorders) is not counted. CASE and the builders come
