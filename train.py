@@ -42,7 +42,7 @@ from iceseg.data import build_dataset, prepare_data
 from iceseg.evaluation import build_evaluator, to_device
 from iceseg.fast import fuse_conv_bn, optimize
 from iceseg.inference import autocast_dtype
-from iceseg.schedule import EarlyStopping, Plateau
+from iceseg.schedule import EarlyStopping, Plateau, improved
 from iceseg.segmentor import build_model, convert_sync_batchnorm, param_groups
 
 # ----------------------------------------------------------------------------- config
@@ -211,7 +211,8 @@ if T.resume and any(p.is_file() for p in (work_dir / "last.pt", prev_path(work_d
     optimizer.load_state_dict(ckpt["optimizer"])
     scaler.load_state_dict(ckpt["scaler"])
     plateau.state.update(ckpt["plateau"])
-    early.state.update(ckpt.get("early_stop", {"best": ckpt["best"], "stale": ckpt["stale"]}))  # older: best_metric
+    early.state.update(ckpt["early_stop"] if "early_stop" in ckpt else  # older checkpoints: on best_metric
+                       {"best": ckpt["best"], "stale": ckpt["stale"]})
     start_iter, best, n_skipped = ckpt["iter"], ckpt["best"], ckpt.get("skipped", 0)
     set_rng_state(ckpt["rng"][rank % len(ckpt["rng"])])
     print0(f"resumed from {work_dir / 'last.pt'} at iteration {start_iter}")
@@ -252,7 +253,7 @@ def save(path: Path, it: int) -> None:
     if rank == 0:
         save_checkpoint({"model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict(), "plateau": dict(plateau.state), "iter": it,
-                         "epoch": it // iters_per_epoch, "best": best, "stale": early.state["stale"],
+                         "epoch": it // iters_per_epoch, "best": best,
                          "early_stop": dict(early.state), "skipped": n_skipped, "threads": torch.get_num_threads(),
                          "rng": rng, "config": configs.to_dict(cfg), "version": iceseg.__version__}, path)
 
@@ -360,7 +361,7 @@ for it in range(start_iter, max_iters):
         value = metrics[T.best_metric]
         print0(table)
         log_json({"event": "val", "iter": done, "epoch": done // iters_per_epoch, **metrics})
-        if best is None or (value > best if T.best_mode == "max" else value < best):
+        if improved(value, best, T.best_mode):
             best = value
             save(work_dir / "best.pt", done)
             print0(f"new best {T.best_metric} {value:.4f} at iteration {done}: {work_dir / 'best.pt'}")
