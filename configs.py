@@ -333,8 +333,6 @@ def _legacy_arch(name: str, kwargs: dict):
     if "backbone" in kwargs:
         spec = dict(kwargs.pop("backbone"))
         arch.backbone = _fill(getattr(swin, spec.pop("preset", "swin_large"))(), spec)
-    if name == "deeplab_multitask" and "tasks" in kwargs:
-        arch.tasks = dict(kwargs.pop("tasks"))
     return _fill(arch, {k: ("" if v is None else v) for k, v in kwargs.items()})
 
 
