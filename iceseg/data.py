@@ -24,6 +24,7 @@ skipped silently.
 """
 
 import csv
+import functools
 import math
 import re
 from pathlib import Path
@@ -350,6 +351,24 @@ def label_mapping_note(encoding: str, num_classes: int, ignore_index: int = 255,
                    if label_map else "")
 
 
+@functools.lru_cache(maxsize=None)
+def _label_summary(path: str, mtime_ns: int, size: int) -> tuple[str, tuple[int, ...]]:
+    """One label file as :func:`detect_label_encoding` needs it: ``("colour", ())``, or ``("index" | "grey",
+    raw values)`` (grey: stored as RGB with R = G = B). Cached by path and file stats, so the train and val
+    datasets of one run read each label file once.
+
+    Raises:
+        ValueError: as :func:`_raw_label` (not cached).
+    """
+    arr = _raw_label(Path(path))  # (H, W) or (H, W, 3)
+    if arr.ndim == 3 and not _is_grey(arr):
+        return "colour", ()
+    kind = "index" if arr.ndim == 2 else "grey"
+    arr = arr[..., 0] if arr.ndim == 3 else arr  # grey values stored as RGB: (H, W, 3) -> (H, W)
+    values = np.flatnonzero(np.bincount(arr.ravel())) if arr.dtype in (np.uint8, np.uint16) else np.unique(arr)
+    return kind, tuple(int(v) for v in values.tolist())
+
+
 def detect_label_encoding(ann_paths, num_classes: int, ignore_index: int = 255, label_map: dict | None = None) -> str:
     """Choose the label encoding of a split from its files (spec icesegnet.md §8.7: no blind -1 shift).
 
@@ -378,15 +397,14 @@ def detect_label_encoding(ann_paths, num_classes: int, ignore_index: int = 255, 
     first: dict[int, Path] = {}  # raw value -> first label file holding it
     colour = index = None  # first colour / first single-channel label file
     for p in map(Path, ann_paths):
-        arr = _raw_label(p)  # (H, W) or (H, W, 3)
-        if arr.ndim == 3 and not _is_grey(arr):
+        st = p.stat()
+        kind, values = _label_summary(str(p), st.st_mtime_ns, st.st_size)
+        if kind == "colour":
             colour = colour or p
             continue
-        index = index or (p if arr.ndim == 2 else None)
-        arr = arr[..., 0] if arr.ndim == 3 else arr  # grey values stored as RGB: (H, W, 3) -> (H, W)
-        values = np.flatnonzero(np.bincount(arr.ravel())) if arr.dtype in (np.uint8, np.uint16) else np.unique(arr)
-        for v in values.tolist():
-            first.setdefault(int(v), p)
+        index = index or (p if kind == "index" else None)
+        for v in values:
+            first.setdefault(v, p)
     if colour and index:
         raise ValueError(f"{colour}: colour label, but {index} is a single-channel index map (labels must be one kind)")
     if colour:
