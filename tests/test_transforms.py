@@ -319,6 +319,21 @@ def test_affine_warp_matches_albumentations_golden():
     np.testing.assert_array_equal(warp_affine_label(lab, m), golden_lab)
 
 
+def test_affine_warp_geometry():
+    """Effect, not bits: +90 degrees is np.rot90 (counter-clockwise on screen) for image and label, and a 2x
+    scale about the centre (W/2 - 0.5, H/2 - 0.5) halves the slopes of a ramp and keeps the centre value."""
+    img = np.arange(5 * 5 * 2, dtype=np.float32).reshape(5, 5, 2)
+    m = affine_matrix(5, 5, rotate=90.0)
+    np.testing.assert_allclose(warp_affine(img, m), np.rot90(img), atol=1e-5)
+    np.testing.assert_array_equal(warp_affine(img.astype(np.uint8), m), np.rot90(img.astype(np.uint8)))
+    np.testing.assert_array_equal(warp_affine_label(np.arange(25).reshape(5, 5), m), np.rot90(np.arange(25).reshape(5, 5)))
+    ys, xs = np.mgrid[0:6, 0:6].astype(np.float32)
+    out = warp_affine((6 * ys + xs)[..., None], affine_matrix(6, 6, scale_x=2.0, scale_y=2.0))[..., 0]
+    np.testing.assert_allclose(np.diff(out, axis=1), 0.5, atol=1e-5)
+    np.testing.assert_allclose(np.diff(out, axis=0), 3.0, atol=1e-5)
+    np.testing.assert_allclose(out[0, 0], 6 * 1.25 + 1.25, atol=1e-5)  # source (1.25, 1.25) of pixel (0, 0)
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 def test_affine_identity(dtype):
     img, label = make_pair(c=5, dtype=dtype)
