@@ -10,10 +10,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # limit would only push fields back into free-form dicts.
 BUDGET = {"train.py": 400, "iceseg/dist.py": 80}
 MODEL_FILES = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("iceseg/models/*.py") if p.name != "__init__.py")
-MODEL_BUDGET = 680  # house style "around 500"; swin.py (converters for three checkpoint layouts) is the largest
+# A model file reads top to bottom like its paper: about 500 lines. swin.py also carries the converters of
+# three checkpoint layouts (official, timm, mmseg) and the exporter back to the official one.
+MODEL_BUDGET = {path: 520 for path in MODEL_FILES} | {"iceseg/models/swin.py": 600}
 
 
-@pytest.mark.parametrize("path,limit", [*BUDGET.items(), *((p, MODEL_BUDGET) for p in MODEL_FILES)])
+@pytest.mark.parametrize("path,limit", [*BUDGET.items(), *MODEL_BUDGET.items()])
 def test_file_within_budget(path, limit):
     f = ROOT / path
     if not f.exists():

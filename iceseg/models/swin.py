@@ -1,38 +1,28 @@
 """Swin Transformer backbone (T/S/B/L) returning NCHW multi-scale features, plus checkpoint converters.
 
-Paper: "Swin Transformer: Hierarchical Vision Transformer using Shifted Windows", Liu et al.,
-ICCV 2021, https://arxiv.org/abs/2103.14030.
+Paper: "Swin Transformer: Hierarchical Vision Transformer using Shifted Windows", Liu et al., ICCV 2021,
+https://arxiv.org/abs/2103.14030. Numerics follow mmsegmentation v1.2.2 ``mmseg/models/backbones/swin.py``
+(the IceSegNet backbone, spec ``icesegnet.md`` §1.2); parameter names and the patch-merging channel order
+follow microsoft/Swin-Transformer ``models/swin_transformer.py`` (spec §9.1), so official ``.pth`` files load
+with renames only. Written from those facts, no code copied; parity with mmseg and timm is pinned by
+``tests/test_swin.py`` (assets from ``dev/make_golden_swin.py``).
 
-Numerics follow open-mmlab/mmsegmentation v1.2.2 ``mmseg/models/backbones/swin.py`` (the IceSegNet
-backbone, spec ``icesegnet.md`` §1.2); parameter names and the 2x2 patch-merging channel order follow
-microsoft/Swin-Transformer ``models/swin_transformer.py`` (spec §9.1), so official ``.pth`` files load
-with renames only. Written from those facts; no code was copied. Parity with mmseg and timm is pinned by
-``tests/test_swin.py`` (assets made by ``dev/make_golden_swin.py``).
+mmseg's order, which matters when a stage size is not a multiple of the window: patch embed pads the image
+bottom/right to a multiple of ``patch_size``; each block pads the map to a multiple of ``window_size``, then
+rolls by ``-window_size // 2`` (odd blocks), then masks pairs from different shift regions with -100 (padded
+tokens enter qkv as zeros and are not masked); patch merging pads odd sizes by one row/column; stage ``i``
+output (before its merging) goes through LayerNorm ``norm{i}``.
 
-Behaviour (mmseg order, which matters whenever a stage size is not a multiple of the window):
-    patch embed pads the image bottom/right to a multiple of ``patch_size``; each block pads the map
-    bottom/right to a multiple of ``window_size``, *then* rolls by ``-window_size // 2`` (odd blocks),
-    *then* masks pairs from different shift regions with -100; padded tokens are not masked (they
-    enter qkv as zeros); patch merging pads odd sizes by one row/column; stage ``i`` output (before
-    its merging) goes through LayerNorm ``norm{i}``.
+Deviations: Microsoft/timm drop the shift in a stage that fits in one window, and timm shifts before
+padding; mmseg and this file always pad first and shift (timm ``always_partition`` agrees). Patch merging
+uses Microsoft's channel order (the mmseg converter permutes the weights, spec §9.2). No absolute position
+embedding, classification head, ``qk_scale`` or ``frozen_stages``. Attention is
+``F.scaled_dot_product_attention`` or the explicit softmax in mmseg's op order (``fused_attn``; None: SDPA
+on CUDA only). Fast paths (oneDNN linears, in-place attention adds, recomputed MLP activations) are applied
+to a built model by ``iceseg.fast.optimize``; this file holds the reference math.
 
-Intentional deviations:
-    - Microsoft/timm shrink the window and drop the shift in a stage whose map fits in one window
-      (e.g. stage 3 at 224x224); mmseg, and this file, always pad and shift. timm ``always_partition``
-      gives the mmseg behaviour.
-    - timm shifts before padding; this file pads first (mmseg). Both agree when sizes divide the window.
-    - Patch merging uses Microsoft's channel order, not mmseg's ``nn.Unfold`` order; the mmseg
-      converter permutes weights (spec §9.2). No absolute position embedding, classification head,
-      ``qk_scale`` or ``frozen_stages``; ``patch_norm`` is always on.
-    - Attention: ``F.scaled_dot_product_attention`` (bias + shift mask as one float mask) or the explicit
-      softmax (mmseg's op order), ~3e-6 apart; ``fused_attn=None`` picks SDPA on CUDA only.
-
-This file holds the reference math only; CPU/GPU fast paths (oneDNN linears, in-place attention adds,
-recomputed MLP activations) are applied to a built model by ``iceseg.fast.optimize``.
-
-Dimension legend: ``B`` batch, ``C`` channels, ``H, W`` spatial, ``Hp, Wp`` padded to the window,
-``L = H*W`` tokens, ``ws`` window size, ``N = ws*ws`` tokens per window, ``nW`` windows per image,
-``nH`` heads, ``hd`` head dim.
+Dimensions: ``B`` batch, ``C`` channels, ``H, W`` spatial, ``Hp, Wp`` padded to the window, ``ws`` window
+size, ``N = ws*ws`` tokens per window, ``nW`` windows per image, ``nH`` heads, ``hd`` head dim.
 """
 
 import math
@@ -76,15 +66,10 @@ def relative_position_index(ws: int, device=None) -> torch.Tensor:
 
 def shift_window_mask(Hp: int, Wp: int, ws: int, shift: int, device=None,
                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Additive attention mask of a cyclically shifted, padded map (Swin paper §3.2, shifted windows).
-
-    Along each axis of length ``n`` the shifted map has three regions ``[0, n-ws)``,
-    ``[n-ws, n-shift)``, ``[n-shift, n)``; tokens of one window may only attend inside their
-    region (3x3 regions in 2-D). Built on the padded size, so padded tokens are not masked (mmseg).
-
-    Args: ``Hp, Wp`` padded map size, multiples of the window size ``ws``; ``shift`` roll, ``0 < shift < ws``.
-    Returns: ``(nW, N, N)`` of ``dtype``: 0 inside a region, -100 across regions.
-    """
+    """Additive ``(nW, N, N)`` mask of a cyclically shifted ``Hp x Wp`` map (Swin paper §3.2): 0 inside a
+    region, -100 across. Each axis of length ``n`` has the regions ``[0, n-ws)``, ``[n-ws, n-shift)``,
+    ``[n-shift, n)`` (3x3 in 2-D); ``Hp, Wp`` are the padded sizes (multiples of ``ws``, padded tokens not
+    masked, as mmseg), ``0 < shift < ws``."""
     def region(n: int) -> torch.Tensor:
         i = torch.arange(n, device=device)
         return (i >= n - ws).long() + (i >= n - shift).long()  # (n,), 0 / 1 / 2
@@ -96,15 +81,9 @@ def shift_window_mask(Hp: int, Wp: int, ws: int, shift: int, device=None,
 
 
 def resize_relative_position_bias_table(table: torch.Tensor, window_size: int) -> torch.Tensor:
-    """Bicubically resize a ``((2*w-1)**2, nH)`` table to another window (mmseg ``init_weights``).
-
-    Used to load window-12 (384) checkpoints into window-7 models: the table is viewed as an
-    ``nH``-channel ``(2w-1) x (2w-1)`` image and resized with ``align_corners=False``.
-
-    Args: ``table`` float ``(S*S, nH)``, ``S`` odd; ``window_size`` target window ``ws``.
-    Returns: ``((2*ws-1)**2, nH)``, ``table`` itself when the size already matches.
-    Raises: ValueError if ``table`` is not 2-D with a square number of rows.
-    """
+    """Resize a float ``(S*S, nH)`` bias table to window ``ws``: ``((2*ws-1)**2, nH)`` (mmseg ``init_weights``),
+    viewed as an ``nH``-channel ``S x S`` image, bicubic, ``align_corners=False`` (window-12 files into
+    window-7 models); ``table`` itself when it fits. Raises ValueError unless ``table`` is 2-D with S*S rows."""
     L, nH = table.shape if table.dim() == 2 else (0, 0)
     S1, S2 = math.isqrt(L), 2 * window_size - 1
     if L == 0 or S1 * S1 != L:
@@ -151,16 +130,12 @@ class Mlp(nn.Module):
 
 
 class WindowAttention(nn.Module):
-    """Multi-head self-attention inside windows with a learned relative-position bias.
+    """Multi-head self-attention inside windows with a learned relative-position bias (paper Eq. 4):
+    ``softmax(q k^T / sqrt(hd) + bias + mask) v`` per head, then a projection.
 
-    ``softmax(q k^T / sqrt(hd) + bias + mask) v`` per head, then a projection (Swin paper Eq. 4).
-
-    Args:
-        dim: channels ``C``; num_heads: ``nH`` (``C % nH == 0``); window_size: ``ws``.
-        qkv_bias: bias in the qkv projection (output rows ordered q | k | v, each split by head).
-        attn_drop / proj_drop: dropout on the attention probabilities / after the projection.
-        fused_attn: True for ``F.scaled_dot_product_attention``, False for the explicit softmax,
-            None for SDPA on CUDA tensors only (same numbers to ~3e-6; see module docstring).
+    ``dim`` = ``C`` (divisible by ``num_heads``), ``window_size`` = ``ws``; qkv output rows are q | k | v, each
+    split by head; ``attn_drop``/``proj_drop`` drop attention probabilities / projected outputs;
+    ``fused_attn``: True ``F.scaled_dot_product_attention``, False the explicit softmax, None SDPA on CUDA only.
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int, qkv_bias: bool = True,
@@ -178,14 +153,8 @@ class WindowAttention(nn.Module):
 
     def attention_logits(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor,
                          mask: torch.Tensor | None) -> torch.Tensor:
-        """``q k^T / sqrt(hd) + bias (+ mask)``, bias then mask as mmseg/timm add them.
-
-        Args:
-            q, k: ``(B*nW, nH, N, hd)``; bias: ``(nH, N, N)``; mask: ``(nW, N, N)`` or None.
-
-        Returns:
-            ``(B*nW, nH, N, N)`` attention logits.
-        """
+        """Logits ``(B*nW, nH, N, N)`` = ``q k^T / sqrt(hd) + bias (+ mask)`` in mmseg/timm's order, for
+        ``q, k`` ``(B*nW, nH, N, hd)``, ``bias`` ``(nH, N, N)``, ``mask`` ``(nW, N, N)`` or None."""
         B_, nH, N, _ = q.shape
         attn = (q * self.scale) @ k.transpose(-2, -1) + bias[None]  # (B*nW, nH, N, N)
         if mask is None:
@@ -194,15 +163,8 @@ class WindowAttention(nn.Module):
         return (attn.view(B_ // nW, nW, nH, N, N) + mask[None, :, None]).view(B_, nH, N, N)  # (B*nW, nH, N, N)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Attend within each window.
-
-        Args:
-            x: ``(B*nW, N, C)`` window tokens (window-major per image, as :func:`window_partition`).
-            mask: optional ``(nW, N, N)`` additive mask (0 / -100) shared by all images.
-
-        Returns:
-            ``(B*nW, N, C)``.
-        """
+        """``x`` ``(B*nW, N, C)`` window tokens (as :func:`window_partition` orders them), optional additive
+        ``mask`` ``(nW, N, N)`` shared by all images -> ``(B*nW, N, C)``."""
         B_, N, C = x.shape
         nH, hd = self.num_heads, self.head_dim
         qkv = self.qkv(x).view(B_, N, 3, nH, hd).permute(2, 0, 3, 1, 4)  # (3, B*nW, nH, N, hd)
@@ -224,15 +186,10 @@ class WindowAttention(nn.Module):
 
 
 class SwinTransformerBlock(nn.Module):
-    """Pre-norm block: ``x + DropPath((S)W-MSA(LN(x)))``, then ``x + DropPath(MLP(LN(x)))``.
+    """Pre-norm block: ``x + DropPath((S)W-MSA(LN(x)))``, then ``x + DropPath(MLP(LN(x)))`` (paper Eq. 3).
 
-    Args:
-        dim, num_heads, window_size, qkv_bias, fused_attn: as :class:`WindowAttention`.
-        shift_size: cyclic shift, 0 (W-MSA) or ``window_size // 2`` (SW-MSA).
-        mlp_ratio: MLP hidden / ``dim``; drop / attn_drop / drop_path: dropout probabilities.
-
-    Raises:
-        ValueError: if ``shift_size`` is not in ``[0, window_size)``.
+    ``shift_size``: 0 (W-MSA) or ``window_size // 2`` (SW-MSA); ``mlp_ratio``: MLP hidden / ``dim``; the rest
+    as :class:`WindowAttention`. Raises ValueError if ``shift_size`` is not in ``[0, window_size)``.
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int = 7, shift_size: int = 0,
@@ -266,14 +223,9 @@ class SwinTransformerBlock(nn.Module):
 
 
 class PatchMerging(nn.Module):
-    """2x2 neighbourhood -> 4C channels -> LayerNorm -> Linear(4C -> 2C, no bias); halves H and W.
-
-    Channel blocks in Microsoft/timm order: sub-grid (row, col) = (0,0), (1,0), (0,1), (1,1).
-    Odd sizes are zero-padded by one row/column at the bottom/right first (mmseg/timm).
-
-    Args:
-        dim: input channels ``C``.
-    """
+    """2x2 neighbourhood -> 4C channels -> LayerNorm -> Linear(4C -> 2C, no bias): halves H and W.
+    Channel blocks in Microsoft/timm order, sub-grid (row, col) = (0,0), (1,0), (0,1), (1,1); odd sizes are
+    zero-padded by one row/column at the bottom/right first (mmseg/timm)."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -290,11 +242,8 @@ class PatchMerging(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping ``patch_size`` conv + LayerNorm; pads the image bottom/right to a multiple.
-
-    Args:
-        in_chans: image channels; embed_dim: output channels ``C``; patch_size: kernel = stride.
-    """
+    """Non-overlapping ``patch_size`` conv (kernel = stride) from ``in_chans`` to ``embed_dim`` + LayerNorm;
+    pads the image bottom/right to a multiple of ``patch_size``."""
 
     def __init__(self, in_chans: int = 3, embed_dim: int = 96, patch_size: int = 4):
         super().__init__()
@@ -311,13 +260,9 @@ class PatchEmbed(nn.Module):
 
 
 class BasicLayer(nn.Module):
-    """One stage: ``depth`` blocks (odd ones shifted by ``window_size // 2``), then optional merging.
-
-    Args:
-        dim: channels; depth: blocks; drop_path: one rate per block; downsample: add
-            :class:`PatchMerging` at the end (Microsoft layout); with_cp: checkpoint each block
-            while gradients are needed; others as :class:`SwinTransformerBlock`.
-    """
+    """One stage: ``depth`` blocks (odd ones shifted by ``window_size // 2``; ``drop_path`` one rate per block),
+    then :class:`PatchMerging` if ``downsample`` (end of stage, Microsoft layout); ``with_cp`` checkpoints each
+    block while gradients are needed. Other arguments as :class:`SwinTransformerBlock`."""
 
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float,
                  qkv_bias: bool, drop: float, attn_drop: float, drop_path: list[float], downsample: bool,
@@ -351,14 +296,9 @@ class BasicLayer(nn.Module):
 class SwinTransformer(nn.Module):
     """Swin backbone: image -> LayerNorm-ed feature maps at strides 4, 8, 16, 32 (those in ``out_indices``).
 
-    Parameters: ``patch_embed.*``, ``layers.{i}.blocks.{j}.*``, ``layers.{i}.downsample.*`` (end of
-    stage ``i < 3``), ``norm{i}`` for ``i`` in ``out_indices``; buffers are non-persistent.
-
-    Args:
-        config: :class:`SwinConfig` (default Swin-T); use the ``swin_*`` presets.
-
-    Raises:
-        ValueError: if the config is inconsistent (see :meth:`SwinConfig.validate`).
+    ``config``: :class:`SwinConfig` (default Swin-T; see the ``swin_*`` presets); ValueError if inconsistent.
+    Parameters: ``patch_embed.*``, ``layers.{i}.blocks.{j}.*``, ``layers.{i}.downsample.*`` (end of stage
+    ``i < 3``), ``norm{i}`` for ``i`` in ``out_indices``; buffers are non-persistent.
     """
 
     def __init__(self, config: "SwinConfig | None" = None):
@@ -396,18 +336,9 @@ class SwinTransformer(nn.Module):
             nn.init.trunc_normal_(m.relative_position_bias_table, std=0.02)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Compute the multi-scale features.
-
-        Args:
-            x: float ``(B, in_chans, H, W)``, any ``H, W >= 1`` (normalised image).
-
-        Returns:
-            One ``(B, C_i, H_i, W_i)`` map per ``out_indices`` entry, ``C_i = embed_dim * 2**i``,
-            ``H_0 = ceil(H / patch_size)`` and ``H_{i+1} = ceil(H_i / 2)`` (likewise ``W``).
-
-        Raises:
-            ValueError: if ``x`` is not 4-D with ``in_chans`` channels.
-        """
+        """Normalised float image ``(B, in_chans, H, W)``, any ``H, W >= 1`` -> one ``(B, C_i, H_i, W_i)`` map
+        per ``out_indices`` entry: ``C_i = embed_dim * 2**i``, ``H_0 = ceil(H / patch_size)``,
+        ``H_{i+1} = ceil(H_i / 2)`` (likewise ``W``). Raises ValueError unless ``x`` is 4-D with ``in_chans``."""
         if x.dim() != 4 or x.shape[1] != self.config.in_chans:
             raise ValueError(f"SwinTransformer: x must be (B, {self.config.in_chans}, H, W), "
                              f"got {tuple(x.shape)}")
@@ -444,8 +375,7 @@ class SwinConfig:
         """Raise ``ValueError`` naming the first inconsistent field."""
         n = len(self.depths)
         if n == 0 or len(self.num_heads) != n:
-            raise ValueError(f"SwinConfig: depths {self.depths} and num_heads {self.num_heads} "
-                             "need equal length >= 1")
+            raise ValueError(f"SwinConfig: depths {self.depths} and num_heads {self.num_heads} need equal length >= 1")
         for i, h in enumerate(self.num_heads):
             if h < 1 or (self.embed_dim * 2 ** i) % h:
                 raise ValueError(f"SwinConfig: stage {i} width {self.embed_dim * 2 ** i} "
@@ -546,21 +476,16 @@ def _unfold_to_official(t: torch.Tensor) -> torch.Tensor:
 
 
 def convert_official_swin(state_dict: dict) -> dict:
-    """Map a Microsoft Swin checkpoint (spec §9.1 layout, ``{'model': ...}`` or flat; also our own state dicts)
-    to a new flat dict of this file's keys (tensors shared): names are already ours; the recomputable
-    ``relative_position_index``/``attn_mask`` buffers are dropped; ``norm.*`` and ``head.*`` (classifier) are
-    kept for :func:`load_pretrained` to report as allowed extras."""
+    """A Microsoft Swin checkpoint (spec §9.1, ``{'model': ...}`` or flat; also ours) as a new flat dict of this
+    file's keys (same names; recomputable ``relative_position_index``/``attn_mask`` dropped; ``norm.*`` and
+    ``head.*`` kept for :func:`load_pretrained` to report as allowed extras)."""
     return _rename(unwrap_state_dict(state_dict), _OFFICIAL_RULES)
 
 
 def convert_timm_swin(state_dict: dict) -> dict:
-    """Map a timm >= 0.9 Swin state dict (spec §9.3) to this file's keys: ``layers.{i}.downsample`` (start of
-    stage i) becomes ``layers.{i-1}.downsample`` (end of stage i-1), ``head.fc.*`` becomes ``head.*``.
-
-    Raises:
-        ValueError: if ``layers.0.downsample`` exists (pre-0.9 timm = official layout: use
-            :func:`convert_official_swin`).
-    """
+    """A timm >= 0.9 Swin state dict (spec §9.3) in this file's keys: ``layers.{i}.downsample`` (start of stage
+    i) becomes ``layers.{i-1}.downsample``, ``head.fc.*`` becomes ``head.*``. Raises ValueError if
+    ``layers.0.downsample`` exists (timm < 0.9, the official layout: use :func:`convert_official_swin`)."""
     sd = unwrap_state_dict(state_dict)
     if any(k.startswith("layers.0.downsample.") for k in sd):
         raise ValueError("convert_timm_swin: layers.0.downsample present, so this is the official layout "
@@ -569,13 +494,10 @@ def convert_timm_swin(state_dict: dict) -> dict:
 
 
 def convert_mmseg_swin(state_dict: dict) -> dict:
-    """Map an mmseg ``SwinTransformer`` state dict (spec §9.2; maybe nested under ``state_dict``/``model``)
-    to a new flat dict in this file's layout.
-
-    With any ``backbone.``-prefixed key (a segmentor checkpoint) only those keys are kept, prefix stripped.
-    ``w_msa``/``ffn.layers``/``projection`` are renamed; patch-merging ``reduction.weight`` (input dim) and
-    ``norm.*`` go through :func:`_unfold_to_official` (``nn.Unfold`` -> Microsoft order); ``norm0..3`` stay.
-    """
+    """An mmseg ``SwinTransformer`` state dict (spec §9.2) as a new flat dict in this file's layout: only the
+    ``backbone.*`` keys of a segmentor checkpoint (prefix stripped); ``w_msa``/``ffn.layers``/``projection``
+    renamed; patch-merging ``reduction.weight`` and ``norm.*`` reordered from ``nn.Unfold`` to Microsoft
+    order (:func:`_unfold_to_official`); ``norm0..3`` kept."""
     sd = unwrap_state_dict(state_dict)
     if any(k.startswith("backbone.") for k in sd):
         sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
@@ -584,14 +506,10 @@ def convert_mmseg_swin(state_dict: dict) -> dict:
 
 
 def convert_to_official_swin(state_dict: dict, img_size: int | None = 224) -> dict:
-    """Write our state dict (e.g. ``model.state_dict()``) as a new flat dict in the Microsoft layout (spec
-    §9.1; inverse of :func:`convert_official_swin`).
-
-    Adds ``relative_position_index`` to every block and, when ``img_size`` (the official model's training
-    resolution, 224 or 384; None: no masks) is given, ``attn_mask`` to odd blocks whose stage map
-    ``img_size / patch / 2**i`` is larger than the window, as the official model registers them. ``norm{i}``
-    output norms have no official counterpart and are left out; ``norm.*``/``head.*`` pass through.
-    """
+    """Our state dict as a new flat dict in the Microsoft layout (spec §9.1; inverse of
+    :func:`convert_official_swin`): ``relative_position_index`` in every block and, for ``img_size`` (the
+    official training resolution, 224 or 384; None: none), ``attn_mask`` in odd blocks whose stage map
+    ``img_size / patch / 2**i`` exceeds the window; ``norm{i}`` left out, ``norm.*``/``head.*`` passed."""
     out = {k: v for k, v in unwrap_state_dict(state_dict).items() if not re.match(r"^norm\d+\.", k)}
     patch = out["patch_embed.proj.weight"].shape[-1] if "patch_embed.proj.weight" in out else 4
     for key in [k for k in out if k.endswith(".attn.relative_position_bias_table")]:
@@ -622,13 +540,10 @@ _ALLOW_UNEXPECTED = (r"^norm\.", r"^head\.")  # classification head and its fina
 def load_pretrained(model: SwinTransformer, path_or_state_dict, layout: str = "auto",
                     allow_missing: tuple[str, ...] = _ALLOW_MISSING,
                     allow_unexpected: tuple[str, ...] = _ALLOW_UNEXPECTED) -> dict:
-    """Load an official / timm / mmseg Swin checkpoint into ``model``, resizing bias tables if needed.
-
-    Relative-position tables whose window differs from the model's are resized with
-    :func:`resize_relative_position_bias_table` (e.g. window-12 384 files into a window-7 model).
+    """Load an official / timm / mmseg Swin checkpoint into ``model`` (in place), resizing bias tables whose
+    window differs (:func:`resize_relative_position_bias_table`, e.g. window-12 files into window 7).
 
     Args:
-        model: target backbone, modified in place.
         path_or_state_dict: ``.pth`` path (``torch.load(map_location="cpu", weights_only=True)``) or mapping.
         layout: ``"official"``, ``"timm"``, ``"mmseg"`` or ``"auto"`` (detected from the key names).
         allow_missing / allow_unexpected: regexes of model / checkpoint keys that may be absent / extra.
@@ -637,9 +552,8 @@ def load_pretrained(model: SwinTransformer, path_or_state_dict, layout: str = "a
         ``{"layout": str, "missing": [...], "unexpected": [...], "resized": [...]}`` (sorted keys).
 
     Raises:
-        FileNotFoundError: if the path does not exist.
-        ValueError: unknown layout, shape mismatch, or a missing / unexpected key outside the
-            allow-lists. The model is not modified when this is raised.
+        FileNotFoundError: the path does not exist. ValueError: unknown layout, shape mismatch, or a missing /
+            unexpected key outside the allow-lists (the model is then not modified).
     """
     ckpt = path_or_state_dict
     if isinstance(ckpt, (str, os.PathLike)):

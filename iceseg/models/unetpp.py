@@ -1,34 +1,23 @@
 """U-Net++ with a ResNet-34 encoder, state-dict compatible with segmentation_models_pytorch.
 
-Implements the nested U-Net of the glacier seed (5 Landsat-8 bands in, 1 logit map out): a
-ResNet-34 encoder whose five feature maps feed a grid of dense decoder nodes ``x_{d}_{j}``, of
-which only the last full-resolution node feeds the segmentation head.
+The nested U-Net of the glacier seed (5 Landsat-8 bands in, 1 logit map out): a ResNet-34 encoder whose
+five feature maps feed a grid of dense decoder nodes ``x_{d}_{j}``; the last full-resolution node feeds the
+segmentation head.
 
-Paper: "UNet++: A Nested U-Net Architecture for Medical Image Segmentation", Zhou, Siddiquee,
-Tajbakhsh, Liang, DLMIA 2018, https://arxiv.org/abs/1807.10165.
-Encoder: "Deep Residual Learning for Image Recognition", He et al., https://arxiv.org/abs/1512.03385.
+Papers: "UNet++: A Nested U-Net Architecture for Medical Image Segmentation", Zhou et al., DLMIA 2018,
+https://arxiv.org/abs/1807.10165; "Deep Residual Learning for Image Recognition", He et al.,
+https://arxiv.org/abs/1512.03385. Structure of qubvel/segmentation_models.pytorch v0.6.0 ``UnetPlusPlus``
+(``decoders/unetplusplus/{model,decoder}.py``, ``encoders/resnet.py``, ``encoders/_utils.py``), written from
+the facts in spec ``unetpp_glacier_and_lossd.md`` (A4-A6), no code copied. State-dict keys are smp's (350 for
+ResNet-34), so smp files load strictly, and the numerics match smp exactly (``tests/test_unetpp.py``).
 
-Structure follows qubvel/segmentation_models.pytorch UnetPlusPlus (v0.6.0):
-``decoders/unetplusplus/{model,decoder}.py``, ``encoders/resnet.py``, ``encoders/_utils.py``
-(``patch_first_conv``), ``base/{modules,initialization}.py``. Written from the facts in
-the project spec ``unetpp_glacier_and_lossd.md`` (A4-A6); no code was copied (smp is MIT
-licensed). State-dict keys are identical to smp's (350 entries for ResNet-34 with BatchNorm), so
-``torch.save(smp_model.state_dict())`` files load strictly, and numerics match smp exactly
-(golden test: ``tests/test_unetpp.py``).
+Deviations from smp: the ResNet-34 encoder is written out (torchvision names, no ``fc``/``avgpool``; depth
+5, output stride 32 only); decoder norm is always BatchNorm, no ``activation`` (logits) and no auxiliary
+head; a size not divisible by 32 raises ``ValueError``; the first-conv adaptation for ``in_channels != 3``
+is a tensor function applied by the converter (smp's rule; without weights ``conv1`` keeps PyTorch's init).
 
-Intentional deviations from smp:
-    - The ResNet encoder is written out here (torchvision parameter names, no ``fc``/``avgpool``)
-      instead of subclassing torchvision; only ResNet-34 (``BasicBlock``, ``[3, 4, 6, 3]``),
-      ``encoder_depth=5`` and output stride 32 (no dilated variant).
-    - Decoder normalisation is always BatchNorm (smp ``decoder_use_norm="batchnorm"``); no
-      ``activation`` (the model returns logits), no auxiliary classification head.
-    - A size not divisible by 32 raises ``ValueError`` (smp: ``RuntimeError``), also when tracing.
-    - The first-conv adaptation for ``in_channels != 3`` is a tensor function applied by the
-      checkpoint converter (smp patches the module after loading ImageNet weights); the rule is the
-      same. Without weights ``conv1`` keeps PyTorch's default init, as in smp.
-
-Dimension legend: ``B`` batch, ``C`` channels, ``C_in`` input bands, ``H, W`` input height and
-width (multiples of 32), ``K`` classes (``num_classes``).
+Dimensions: ``B`` batch, ``C`` channels, ``C_in`` input bands, ``H, W`` input size (multiples of 32),
+``K`` classes (``num_classes``).
 """
 
 import math
@@ -63,9 +52,7 @@ def patch_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
         ValueError: if ``weight`` is not 4-D or ``in_channels < 1``.
     """
     if weight.dim() != 4:
-        raise ValueError(
-            f"patch_first_conv: weight must be 4-D (C_out, c, kh, kw), got {tuple(weight.shape)}"
-        )
+        raise ValueError(f"patch_first_conv: weight must be 4-D (C_out, c, kh, kw), got {tuple(weight.shape)}")
     if in_channels < 1:
         raise ValueError(f"patch_first_conv: in_channels must be >= 1, got {in_channels}")
     src = weight.shape[1]
@@ -102,8 +89,7 @@ class BasicBlock(nn.Module):
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,9 +126,7 @@ class ResNetEncoder(nn.Module):
         prev = 64
         for i, (width, n_blocks) in enumerate(zip(widths, layers, strict=True)):
             stride = 1 if i == 0 else 2
-            blocks = [BasicBlock(prev, width, stride)] + [
-                BasicBlock(width, width) for _ in range(n_blocks - 1)
-            ]
+            blocks = [BasicBlock(prev, width, stride)] + [BasicBlock(width, width) for _ in range(n_blocks - 1)]
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             prev = width
         self.out_channels = [in_channels, 64, *widths]
@@ -278,11 +262,7 @@ class UNetPlusPlusDecoder(nn.Module):
     """
 
     def __init__(
-        self,
-        encoder_channels: list,
-        decoder_channels: tuple,
-        attention_type=None,
-        interpolation: str = "nearest",
+        self, encoder_channels: list, decoder_channels: tuple, attention_type=None, interpolation: str = "nearest"
     ):
         super().__init__()
         feat = list(encoder_channels[1:])[::-1]  # [512, 256, 128, 64, 64], deepest first
@@ -293,12 +273,8 @@ class UNetPlusPlusDecoder(nn.Module):
         for j in range(self.depth):  # ModuleDict order x_0_0, x_0_1, x_1_1, x_0_2, ... as in smp
             for d in range(j + 1):
                 cin, cout = (main[j], decoder_channels[j]) if d == 0 else (skip[j - 1], skip[j])
-                blocks[f"x_{d}_{j}"] = DecoderBlock(
-                    cin, skip[j] * (j - d + 1), cout, attention_type, interpolation
-                )
-        blocks[f"x_0_{self.depth}"] = DecoderBlock(
-            main[-1], 0, decoder_channels[-1], attention_type, interpolation
-        )
+                blocks[f"x_{d}_{j}"] = DecoderBlock(cin, skip[j] * (j - d + 1), cout, attention_type, interpolation)
+        blocks[f"x_0_{self.depth}"] = DecoderBlock(main[-1], 0, decoder_channels[-1], attention_type, interpolation)
         self.blocks = nn.ModuleDict(blocks)
 
     def forward(self, features: list) -> torch.Tensor:
@@ -309,9 +285,7 @@ class UNetPlusPlusDecoder(nn.Module):
             for d in range(self.depth - lvl):
                 j = d + lvl
                 skips = [nodes[(k, j)] for k in range(d + 1, j + 1)] + [feats[j + 1]]
-                nodes[(d, j)] = self.blocks[f"x_{d}_{j}"](
-                    nodes[(d, j - 1)], torch.cat(skips, dim=1)
-                )  # (B, C, h, w)
+                nodes[(d, j)] = self.blocks[f"x_{d}_{j}"](nodes[(d, j - 1)], torch.cat(skips, dim=1))  # (B, C, h, w)
         return self.blocks[f"x_0_{self.depth}"](nodes[(0, self.depth - 1)])
 
 
@@ -334,32 +308,21 @@ class UNetPlusPlus(nn.Module):
             or interpolation mode, or non-positive channel counts.
     """
 
-    def __init__(
-        self,
-        in_channels: int = 5,
-        num_classes: int = 1,
-        encoder_depth: int = 5,
-        decoder_channels: tuple = (256, 128, 64, 32, 16),
-        decoder_attention_type=None,
-        decoder_interpolation: str = "nearest",
-    ):
+    def __init__(self, in_channels: int = 5, num_classes: int = 1, encoder_depth: int = 5,
+                 decoder_channels: tuple = (256, 128, 64, 32, 16), decoder_attention_type=None,
+                 decoder_interpolation: str = "nearest"):
         super().__init__()
         if encoder_depth != 5:
             raise ValueError(f"UNetPlusPlus: only encoder_depth=5 is implemented, got {encoder_depth}")
         if len(decoder_channels) != encoder_depth:
-            raise ValueError(
-                f"UNetPlusPlus: decoder_channels needs {encoder_depth} entries, got {decoder_channels}"
-            )
+            raise ValueError(f"UNetPlusPlus: decoder_channels needs {encoder_depth} entries, got {decoder_channels}")
         if decoder_attention_type not in (None, "scse"):
-            raise ValueError(
-                f"UNetPlusPlus: decoder_attention_type must be None or 'scse', got {decoder_attention_type!r}"
-            )
+            raise ValueError("UNetPlusPlus: decoder_attention_type must be None or 'scse', "
+                             f"got {decoder_attention_type!r}")
         if decoder_interpolation not in ("nearest", "nearest-exact", "bilinear", "bicubic", "area"):
             raise ValueError(f"UNetPlusPlus: unknown decoder_interpolation {decoder_interpolation!r}")
         if in_channels < 1 or num_classes < 1:
-            raise ValueError(
-                f"UNetPlusPlus: in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}"
-            )
+            raise ValueError(f"UNetPlusPlus: in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}")
         self.in_channels = in_channels
         self.stride = 2**encoder_depth
         self.encoder = ResNetEncoder(in_channels, layers=(3, 4, 6, 3))
@@ -395,15 +358,11 @@ class UNetPlusPlus(nn.Module):
                 divisible by 32.
         """
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"UNetPlusPlus: expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"UNetPlusPlus: expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         B, C, H, W = x.shape
         if H % self.stride or W % self.stride:
             ph, pw = math.ceil(H / self.stride) * self.stride, math.ceil(W / self.stride) * self.stride
-            raise ValueError(
-                f"UNetPlusPlus: input size {H}x{W} is not divisible by {self.stride}; pad it to {ph}x{pw}"
-            )
+            raise ValueError(f"UNetPlusPlus: input size {H}x{W} is not divisible by {self.stride}; pad it to {ph}x{pw}")
         return self.segmentation_head(self.decoder(self.encoder(x)))  # (B, K, H, W)
 
 
@@ -462,29 +421,16 @@ def _check_shapes(state_dict: dict, expected_shapes) -> None:
 
 
 def convert_torchvision_resnet(state_dict: Mapping, in_channels: int, expected_shapes=None) -> dict:
-    """Map a plain torchvision ResNet-34 state dict (e.g. ``resnet34-b627a593.pth``) to our keys.
+    """Map a torchvision ResNet-34 state dict (e.g. ``resnet34-b627a593.pth``) to a new dict of our keys.
 
-    Known names get the ``encoder.`` prefix, ``fc.weight``/``fc.bias`` are dropped, and ``conv1``
-    is adapted with :func:`patch_first_conv` when its input channels differ from ``in_channels``.
-    Unknown names are passed through unchanged so the loader reports them as unexpected.
-
-    Args:
-        state_dict: torchvision-layout mapping of tensors (``state_dict``/``model`` nesting and
-            ``module.``/``_orig_mod.`` prefixes are removed first).
-        in_channels: input bands of the target model.
-        expected_shapes: optional ``{key: shape}`` of the target model; mismatches raise.
-
-    Returns:
-        New dict with ``encoder.*`` keys (plus any unknown keys as they were).
-
-    Raises:
-        ValueError: on non-tensor entries, a missing ``conv1.weight``, or shape mismatches.
-    """
+    Known names get the ``encoder.`` prefix, ``fc.*`` is dropped and ``conv1`` is adapted to ``in_channels``
+    with :func:`patch_first_conv`; unknown names pass unchanged, so the loader reports them. Nesting and
+    ``module.``/``_orig_mod.`` prefixes are removed first; ``expected_shapes`` (optional ``{key: shape}`` of
+    the target model) is checked. Raises ``ValueError`` on non-tensor entries, a missing ``conv1.weight``
+    or a shape mismatch."""
     sd = unwrap_state_dict(state_dict)
     if "conv1.weight" not in sd:
-        raise ValueError(
-            "convert_torchvision_resnet: no 'conv1.weight' key; not a torchvision ResNet state dict"
-        )
+        raise ValueError("convert_torchvision_resnet: no 'conv1.weight' key; not a torchvision ResNet state dict")
     out = {}
     for key, value in sd.items():
         if key in _TV_DROP:
@@ -499,21 +445,10 @@ def convert_torchvision_resnet(state_dict: Mapping, in_channels: int, expected_s
 
 
 def convert_smp_unetpp(state_dict: Mapping, expected_shapes=None) -> dict:
-    """Normalise an smp ``UnetPlusPlus`` (ResNet-34) state dict; its keys are already ours.
-
-    Args:
-        state_dict: smp-layout mapping (``encoder.*``, ``decoder.blocks.x_{d}_{j}.*``,
-            ``segmentation_head.0.*``), possibly nested under ``state_dict``/``model`` and prefixed
-            by ``module.``/``_orig_mod.``.
-        expected_shapes: optional ``{key: shape}`` of the target model; mismatches raise.
-
-    Returns:
-        Flat dict with the prefixes removed and the keys unchanged otherwise (keys outside the smp
-        layout are kept, so :func:`load_pretrained` reports them as unexpected).
-
-    Raises:
-        ValueError: on non-tensor entries or shape mismatches.
-    """
+    """Normalise an smp ``UnetPlusPlus`` (ResNet-34) state dict (``encoder.*``, ``decoder.blocks.x_{d}_{j}.*``,
+    ``segmentation_head.0.*``; its keys are already ours): nesting and ``module.``/``_orig_mod.`` prefixes
+    removed, other keys kept for :func:`load_pretrained` to report. ``expected_shapes``: optional
+    ``{key: shape}`` of the target model. Raises ``ValueError`` on non-tensor entries or shape mismatches."""
     sd = unwrap_state_dict(state_dict)
     _check_shapes(sd, expected_shapes)
     return sd
