@@ -203,6 +203,9 @@ class EvalConfig:
     biou_dilation: float = 0.02  # Boundary IoU band width, fraction of the image diagonal
     exclude_classes: list = field(default_factory=list)  # class indices left out of class means (ISPRS clutter)
     fuse_conv_bn: bool = True  # test.py and validation: fold BatchNorm into the conv before it (iceseg.fast)
+    blend: str = "hann"  # predict.py: overlapping windows weighted by a "hann" window, or the "mean" (mmseg slide)
+    ice_classes: list = field(default_factory=list)  # predict.py coverage: classes summed as ice ([] = no ice total)
+    river_classes: list = field(default_factory=list)  # predict.py coverage: the river (water + ice) for the ice share
 
 
 @dataclass
@@ -457,7 +460,8 @@ def icesegnet_yrcc2() -> Config:
                             sync_bn_exclude=["neck"])  # SEFPN's BN is per GPU in the authors' runs (spec §1.3)
     cfg.eval = EvalConfig(mode="whole", resize=(2048, 1024),  # 1600x640 -> 2048x819, logits back to 1600x640
                           tta_scales=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75],  # x the original size (spec §3.3)
-                          tta_flips=["horizontal"], class_names=list(NWPU_YRCC2_NAMES), palette=NWPU_YRCC2_PALETTE)
+                          tta_flips=["horizontal"], class_names=list(NWPU_YRCC2_NAMES), palette=NWPU_YRCC2_PALETTE,
+                          ice_classes=[2, 3], river_classes=[1, 2, 3])  # ice = shore ice + streaming ice
     return cfg
 
 
@@ -469,6 +473,7 @@ def icesegnet_yrcc_ex() -> Config:
     cfg.model.num_classes = 3
     cfg.train.work_dir = "work_dirs/icesegnet_yrcc_ex"
     cfg.eval.class_names, cfg.eval.palette = ["others", "water", "ice"], [[0, 255, 255], [0, 255, 0], [255, 0, 255]]
+    cfg.eval.ice_classes, cfg.eval.river_classes = [2], [1, 2]
     return cfg
 
 
