@@ -1,0 +1,344 @@
+"""Predict class maps and coverage figures for unlabelled scenes: tiled, georeferenced, bounded memory.
+
+    python predict.py --config icesegnet_yrcc2 --checkpoint best.pt scenes/*.tif --out preds/
+    torchrun --standalone --nproc_per_node=2 predict.py --config unetpp_glacier --checkpoint best.pt tiles/ --out preds/
+
+Inputs: GeoTIFFs (uint8/uint16/int16/float32, strips or tiles, contiguous or planar), ``.npy`` rasters
+``(H, W[, C])``, ``.png/.jpg`` images, or folders of them; the bands must be those the config was trained
+on, in the same order, and the config's test pipeline (per-pixel transforms such as Normalize) is applied.
+Without ``--config`` the checkpoint's own config is used. Scenes are cut into ``eval.crop_size`` windows
+every ``eval.stride`` whose logits are blended (``--blend hann|mean``, default ``eval.blend``).
+
+Per scene ``<stem>`` in ``--out``: ``<stem>_pred.tif`` (uint8 classes, 255 = nodata, the input's
+georeferencing), ``<stem>_probs.tif`` with ``--probs`` (one uint8 band per class, probability x 255),
+``<stem>_pred.png`` (colour map) and ``<stem>_overlay.png`` (colours over the image), both at most
+``--preview`` pixels on the long side, and ``<stem>_coverage.json``; for all scenes ``coverage.json`` and
+``coverage.csv``. Every file is written to a temporary name and renamed when complete.
+
+Nodata: ``--nodata V`` or the GeoTIFF's GDAL_NODATA tag (a pixel whose bands all equal it), NaN in any band,
+or an alpha band equal to 0. Nodata pixels are 255 in the map and left out of the coverage; windows without
+a valid pixel are not run. Other options: ``--batch-size N`` windows per forward, ``--amp none|bf16|fp16``,
+``--skip-existing`` (resume a batch), ``--rgb-bands 2,1,0`` (overlay bands), ``--cache-mb`` (decoded TIFF
+segments kept), and the ``--section.key=value`` overrides of train.py.
+"""
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import configs
+from iceseg import dist
+from iceseg.checkpoint import load_checkpoint, unwrap_state_dict
+from iceseg.evaluation import colourise, default_palette
+from iceseg.fast import fuse_conv_bn, optimize
+from iceseg.inference import autocast_dtype
+from iceseg.scene import OUT_NODATA, SCENE_EXTS, TiledPredictor, logits_to_classes, open_raster, write_geotiff
+from iceseg.segmentor import build_model
+from iceseg.transforms import build_transforms
+
+PIXELWISE = ("Normalize",)  # test transforms that keep the geometry (a scene is never resized or padded)
+ROWS = 256  # output tile size: rows per block of the second pass
+
+
+def list_scenes(inputs: list[str]) -> list[Path]:
+    """Files and folders (their scene files, sorted, not recursive) -> scene paths; raises on a missing path,
+    an empty folder, a non-scene file or two scenes with one stem (their outputs would collide)."""
+    scenes = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in SCENE_EXTS and f.is_file())
+            if not found:
+                raise ValueError(f"{p}: folder holds no scene files ({', '.join(SCENE_EXTS)})")
+            scenes += found
+        elif p.is_file():
+            if p.suffix.lower() not in SCENE_EXTS:
+                raise ValueError(f"{p}: not a scene file (expected one of {', '.join(SCENE_EXTS)})")
+            scenes.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    stems = {}
+    for p in scenes:
+        if p.stem in stems:
+            raise ValueError(f"{p} and {stems[p.stem]} share the stem {p.stem!r}: their outputs would collide")
+        stems[p.stem] = p
+    return scenes
+
+
+def check_out_dir(out: Path) -> None:
+    """Create ``out`` and prove it is writable; raises OSError naming it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"{out}: output folder cannot be written ({e.strerror or e})") from e
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through ``<path>.tmp`` and a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def coverage(path: Path, raster, counts: np.ndarray, names: list[str], ice: list[int], river: list[int]) -> dict:
+    """The coverage record of one scene (``coverage.json``'s ``scenes`` entries): strict JSON, no NaN.
+
+    ``counts``: ``(K,)`` pixels per class over valid pixels. ``fraction`` = pixels / valid pixels (None when no
+    pixel is valid), ``area_km2`` = pixels x pixel area / 1e6 (None without a projected pixel size).
+    """
+    from iceseg.scene import pixel_area_m2
+
+    valid = int(counts.sum())
+    area, note = pixel_area_m2({code: value for code, (_, _, value) in raster.geo.items()})
+
+    def entry(n: int) -> dict:
+        return {"pixels": n, "fraction": n / valid if valid else None,
+                "area_km2": n * area / 1e6 if area is not None else None}
+
+    rec = {"file": str(path), "height": raster.height, "width": raster.width, "valid_pixels": valid,
+           "nodata_pixels": raster.height * raster.width - valid, "pixel_area_m2": area,
+           "area_note": note, "nodata_source": raster.nodata_source,
+           "classes": [{"name": n, "index": i, **entry(int(counts[i]))} for i, n in enumerate(names)]}
+    if ice and river:
+        n_ice, n_river = int(counts[ice].sum()), int(counts[river].sum())
+        rec["totals"] = {"ice": {**entry(n_ice), "fraction_of_river": n_ice / n_river if n_river else None},
+                         "river": entry(n_river)}
+    return rec
+
+
+def write_reports(out: Path, records: list[dict]) -> None:
+    """``coverage.json`` (``{"scenes": [...]}``) and ``coverage.csv`` (one row per scene and class or total)."""
+    atomic_write(out / "coverage.json", json.dumps({"scenes": records}, indent=2, allow_nan=False).encode())
+    buf = io.StringIO()
+    fields = ["file", "height", "width", "valid_pixels", "pixel_area_m2", "class", "index", "pixels", "fraction",
+              "area_km2", "fraction_of_river", "area_note"]
+    w = csv.DictWriter(buf, fields, lineterminator="\n")
+    w.writeheader()
+    for r in records:
+        base = {k: r[k] for k in ("file", "height", "width", "valid_pixels", "pixel_area_m2", "area_note")}
+        for c in r["classes"]:
+            w.writerow({**base, "class": c["name"], **{k: c[k] for k in ("index", "pixels", "fraction", "area_km2")}})
+        for name, t in r.get("totals", {}).items():
+            w.writerow({**base, "class": f"total {name}", **t})
+    atomic_write(out / "coverage.csv", buf.getvalue().encode())
+
+
+def stretch(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``(h, w, 3)`` float bands -> uint8 with a 2-98 % percentile stretch per band over valid pixels."""
+    out = np.zeros(rgb.shape, np.uint8)
+    if valid.any():
+        lo, hi = np.percentile(rgb[valid], [2, 98], axis=0)  # (3,) each
+        scaled = np.nan_to_num((rgb - lo) / np.maximum(hi - lo, 1e-12))  # NaN (nodata) -> 0
+        out = (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
+    return out
+
+
+def predict_scene(path: Path, args, cfg, predictor, out: Path, log) -> dict:
+    """Predict one scene and write its files; returns its coverage record."""
+    D, E = cfg.data, cfg.eval
+    K = max(cfg.model.num_classes, 2)
+    names = list(E.class_names) or [f"class {i}" for i in range(K)]
+    palette = np.array(E.palette, np.uint8) if E.palette else default_palette(K)
+    raster = open_raster(path, D.in_channels, args.nodata, args.cache_mb)
+    stem, H, W = path.stem, raster.height, raster.width
+    f = max(1, math.ceil(max(H, W) / args.preview))
+    ph, pw = -(-H // f), -(-W // f)
+    rgb_bands = args.rgb_bands if args.rgb_bands else list(range(min(3, raster.bands)))
+    preview_img = np.zeros((ph, pw, len(rgb_bands)), np.float32)
+
+    def on_window(win, img, ok):  # overlay preview: every f-th pixel of the windows as they are read
+        y, x, h, w = win
+        rows, cols = np.arange(-(-y // f) * f, y + h, f), np.arange(-(-x // f) * f, x + w, f)
+        preview_img[(rows // f)[:, None], (cols // f)[None, :]] = img[(rows - y)[:, None], (cols - x)[None, :]][
+            ..., rgb_bands]
+
+    raw_cls = out / f".{stem}_pred.raw.tmp"
+    raw_probs = out / f".{stem}_probs.raw.tmp"
+    total = len(predictor.windows(raster))
+    predictor.windows_done = predictor.windows_skipped = 0
+    t0 = last = time.time()
+    try:
+        with open(raw_cls, "wb") as fc, (open(raw_probs, "wb") if args.probs else open(os.devnull, "wb")) as fp:
+            for _, logits, valid in predictor(raster, on_window):
+                cls = logits_to_classes(logits).numpy()
+                cls[~valid] = OUT_NODATA
+                fc.write(cls.tobytes())
+                if args.probs:
+                    p = torch.sigmoid(logits) if logits.shape[0] == 1 else logits.softmax(0)
+                    p = torch.cat([1 - p, p]) if p.shape[0] == 1 else p  # (K, h, W)
+                    if p.shape[0] != K:  # a scene whose windows were all empty: no model output at all
+                        p = torch.zeros(K, *p.shape[1:])
+                    q = (p * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # (h, W, K)
+                    q[~valid] = 0
+                    fp.write(q.tobytes())
+                done = predictor.windows_done + predictor.windows_skipped
+                if time.time() - last > 10:
+                    el = time.time() - t0
+                    log(f"{stem}: {done}/{total} windows ({predictor.windows_skipped} empty), {el:.0f} s, "
+                        f"ETA {el / max(done, 1) * (total - done):.0f} s")
+                    last = time.time()
+        counts = np.zeros(256, np.int64)
+        cls_preview = np.full((ph, pw), OUT_NODATA, np.uint8)
+
+        def class_blocks():
+            with open(raw_cls, "rb") as fc:
+                for y in range(0, H, ROWS):
+                    block = np.frombuffer(fc.read(min(ROWS, H - y) * W), np.uint8).reshape(-1, W)
+                    counts[:] += np.bincount(block.ravel(), minlength=256)
+                    rows = np.arange(-(-y // f) * f, y + len(block), f)
+                    cls_preview[rows // f] = block[rows - y][:, ::f]
+                    yield block
+
+        write_geotiff(out / f"{stem}_pred.tif", class_blocks(), H, W, 1, raster.geo, OUT_NODATA)
+        if args.probs:
+            def prob_blocks():
+                with open(raw_probs, "rb") as fp:
+                    for y in range(0, H, ROWS):
+                        yield np.frombuffer(fp.read(min(ROWS, H - y) * W * K), np.uint8).reshape(-1, W, K)
+
+            write_geotiff(out / f"{stem}_probs.tif", prob_blocks(), H, W, K, raster.geo, None)
+    finally:
+        raster.close()
+        for tmp in (raw_cls, raw_probs):
+            tmp.unlink(missing_ok=True)
+    ok = cls_preview != OUT_NODATA
+    colour = colourise(cls_preview, palette)
+    colour[~ok] = 0
+    base = stretch(preview_img[..., :3] if preview_img.shape[-1] >= 3 else np.repeat(preview_img[..., :1], 3, -1), ok)
+    overlay = np.where(ok[..., None], (0.5 * base + 0.5 * colour).astype(np.uint8), base)
+    for name, arr in (("pred", colour), ("overlay", overlay)):
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG")
+        atomic_write(out / f"{stem}_{name}.png", buf.getvalue())
+    rec = coverage(path, raster, counts[:K], names, list(cfg.eval.ice_classes), list(cfg.eval.river_classes))
+    atomic_write(out / f"{stem}_coverage.json", json.dumps(rec, indent=2, allow_nan=False).encode())
+    el = time.time() - t0
+    log(f"{stem}: {H}x{W} px, {predictor.windows_done} windows run, {predictor.windows_skipped} empty, {el:.1f} s "
+        f"({H * W / 1e6 / max(el, 1e-9):.2f} Mpx/s), valid {rec['valid_pixels']} px"
+        + ("" if rec["valid_pixels"] else " -- warning: the scene is all nodata"))
+    return rec
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("inputs", nargs="+", help="scene files or folders")
+    parser.add_argument("--config", default=None, help="named config (default: the checkpoint's own)")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--nodata", type=float, default=None, help="input nodata value (overrides the file's)")
+    parser.add_argument("--probs", action="store_true", help="also write per-class probabilities")
+    parser.add_argument("--blend", choices=["hann", "mean"], default=None, help="default: eval.blend")
+    parser.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
+    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    parser.add_argument("--skip-existing", action="store_true", help="keep scenes whose outputs exist")
+    parser.add_argument("--rgb-bands", default="", help="band indices of the overlay's R,G,B (default 0,1,2)")
+    parser.add_argument("--preview", type=int, default=2048, help="long side of the PNG previews in pixels")
+    parser.add_argument("--cache-mb", type=float, default=64, help="decoded TIFF segments kept in memory")
+    args, overrides = parser.parse_known_args()
+    args.rgb_bands = [int(b) for b in args.rgb_bands.split(",")] if args.rgb_bands else []
+
+    ckpt = load_checkpoint(args.checkpoint, map_location="cpu", fallback=False)
+    if args.config:
+        cfg = configs.get_config(args.config)
+    elif isinstance(ckpt.get("config"), dict):
+        cfg = configs.from_dict(ckpt["config"])
+    else:
+        raise ValueError(f"{args.checkpoint}: stores no config; give --config NAME")
+    for o in configs.apply_overrides(cfg, overrides):
+        dist.print0(f"override: {o}")
+    D, E = cfg.data, cfg.eval
+    stored = ckpt.get("config", {})
+    for key, ours in (("model.name", cfg.model.name), ("model.num_classes", cfg.model.num_classes),
+                      ("data.in_channels", D.in_channels)):
+        section, field = key.split(".")
+        theirs = stored.get(section, {}).get(field, ours) if isinstance(stored, dict) else ours
+        if theirs != ours:
+            raise ValueError(f"{args.checkpoint} was trained with config {stored.get('name')!r} ({key} = {theirs!r}); "
+                             f"config {cfg.name!r} has {ours!r}: pass --config {stored.get('name')}")
+    bad = [t.get("type") for t in D.test_pipeline if t.get("type") not in PIXELWISE]
+    if bad:
+        raise ValueError(f"config {cfg.name!r}: data.test_pipeline has {bad}; predict.py applies per-pixel "
+                         f"transforms only ({', '.join(PIXELWISE)}): scenes are never resized or padded")
+    if any(s > c for s, c in zip(E.stride, E.crop_size, strict=True)):
+        raise ValueError(f"eval.stride {tuple(E.stride)} is larger than eval.crop_size {tuple(E.crop_size)}: "
+                         "pixels between windows would get no prediction")
+    if args.rgb_bands and max(args.rgb_bands) >= D.in_channels:
+        raise ValueError(f"--rgb-bands {args.rgb_bands}: the model has {D.in_channels} bands")
+    scenes = list_scenes(args.inputs)
+    out = Path(args.out)
+    check_out_dir(out)
+    problems = []
+    for path in scenes:  # headers of every scene first: all bad files reported at once, before any model runs
+        try:
+            open_raster(path, D.in_channels, args.nodata, args.cache_mb).close()
+        except ValueError as e:
+            problems.append(str(e))
+    if problems:
+        raise ValueError("\n".join(problems) if len(problems) == 1 else
+                         f"{len(problems)} of {len(scenes)} scenes cannot be read:\n  " + "\n  ".join(problems))
+
+    rank, world, device = dist.init_distributed(cfg.train.device)
+    model = build_model(cfg)
+    model.load_state_dict(unwrap_state_dict(ckpt))
+    model.eval()
+    if cfg.train.fast_paths:
+        optimize(model)
+    if E.fuse_conv_bn:
+        fuse_conv_bn(model)
+    model.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format)
+    if E.resize:
+        dist.print0(f"note: eval.resize {tuple(E.resize)} resizes whole {cfg.data.dataset} images in test.py; "
+                    "predict.py runs at the scene's own pixel size")
+    predictor = TiledPredictor(model, E.crop_size, E.stride, E.size_divisor, args.blend or E.blend, args.batch_size,
+                               build_transforms(D.test_pipeline), device, autocast_dtype(args.amp, device),
+                               cfg.train.channels_last)
+
+    def log(msg):
+        print(f"[rank {rank}] {msg}" if world > 1 else msg, flush=True)
+
+    failed = []
+    for i in range(rank, len(scenes), world):
+        path = scenes[i]
+        if args.skip_existing and all((out / f"{path.stem}{s}").is_file() for s in ("_pred.tif", "_coverage.json")):
+            log(f"{path.stem}: outputs exist, skipped")
+            continue
+        try:
+            predict_scene(path, args, cfg, predictor, out, log)
+        except (ValueError, OSError) as e:
+            log(f"error: {e}")
+            failed.append(str(path))
+    dist.barrier()
+    if rank == 0:
+        records = []
+        for path in scenes:
+            side = out / f"{path.stem}_coverage.json"
+            if side.is_file():
+                records.append(json.loads(side.read_text()))
+        write_reports(out, records)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"{len(records)} of {len(scenes)} scenes in {out}/ (coverage.json, coverage.csv); "
+              f"peak RSS {peak:.0f} MiB")
+    dist.cleanup()
+    if failed:
+        sys.exit(f"error: {len(failed)} scene(s) failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, KeyError, ValueError, TypeError, RuntimeError, OSError) as e:
+        sys.exit(f"error: {e.args[0] if e.args else e}")
