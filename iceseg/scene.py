@@ -451,7 +451,8 @@ def write_geotiff(path: Path, blocks, height: int, width: int, bands: int, geo: 
         geo: ``{code: (dtype, count, value)}`` geo tags to copy (:attr:`Raster.geo`); nothing else is copied.
         nodata: written as the GDAL_NODATA tag (42113), or None for none.
 
-    The file appears under ``path`` only when complete (``<path>.tmp`` then ``os.replace``).
+    The file appears under ``path`` only when complete (``<path>.tmp`` then ``os.replace``); BigTIFF when the
+    pixels might not fit the 4 GiB offsets of a classic TIFF.
     """
     import tifffile
 
@@ -468,7 +469,7 @@ def write_geotiff(path: Path, blocks, height: int, width: int, bands: int, geo: 
     try:
         tifffile.imwrite(tmp, tiles(), shape=shape, dtype=np.uint8, tile=(tile, tile), compression="zlib",
                          photometric="minisblack", planarconfig="contig" if bands > 1 else None,
-                         extratags=extratags, metadata=None)
+                         extratags=extratags, metadata=None, bigtiff=height * width * bands >= 2**32 - 2**25)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
