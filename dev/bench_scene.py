@@ -40,9 +40,11 @@ def write_synthetic_scene(path: Path, size: int, bands: int, dtype, tile: int = 
     keys = (1, 1, 0, 4, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633, 3076, 0, 1, 9001)
     tags = [(33550, 12, 3, (10.0, 10.0, 0.0), True), (33922, 12, 6, (0, 0, 0, 400000.0, 5000000.0, 0), True),
             (34735, 3, len(keys), keys, True)]
-    tifffile.imwrite(path, tiles(), shape=(size, size, bands), dtype=dtype, tile=(tile, tile), compression="zlib",
+    tmp = path.with_name(path.name + ".tmp")  # a failed write leaves no scene behind
+    tifffile.imwrite(tmp, tiles(), shape=(size, size, bands), dtype=dtype, tile=(tile, tile), compression="zlib",
                      photometric="minisblack", planarconfig="contig", extratags=tags, metadata=None,
                      bigtiff=size * size * bands * np.dtype(dtype).itemsize >= 2**32 - 2**25)
+    tmp.replace(path)
 
 
 def main() -> None:
