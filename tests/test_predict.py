@@ -15,6 +15,7 @@ from iceseg.inference import predict as whole_predict
 from iceseg.inference import slide_logits
 from iceseg.scene import TiledPredictor, geokeys, hann_weight, open_raster, pixel_area_m2
 from iceseg.segmentor import build_model
+from tests.conftest import run_script
 
 # EPSG:32633 (UTM 33N), projected, pixel-is-area, metres: the GeoKeys GDAL writes for such a scene
 GEOKEYS = (1, 1, 0, 4, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633, 3076, 0, 1, 9001)
@@ -343,3 +344,20 @@ def test_bad_inputs_name_the_file(tmp_path, monkeypatch):
         run_predict(monkeypatch, good, "--checkpoint", ckpt, "--out", tmp_path / "o",
                     "--data.test_pipeline=[{'type':'Resize','scale':(8,8)}]")
     assert good.read_bytes() == before  # inputs are never modified
+
+
+@pytest.mark.slow
+def test_torchrun_shards_scenes_and_matches_one_process(tmp_path):
+    ckpt = save_checkpoint(tmp_path, "unetpp_glacier_debug")
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    for i in range(3):
+        np.save(scenes / f"s{i}.npy", np.random.default_rng(20 + i).random((48, 64, 5), dtype=np.float32))
+    for nproc, out in ((2, "two"), (1, "one")):
+        run_script(["predict.py", str(scenes), "--checkpoint", str(ckpt), "--out", str(tmp_path / out),
+                    "--eval.crop_size=(32,32)", "--eval.stride=(24,24)"], tmp_path, nproc=nproc, threads=1)
+    for i in range(3):
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "two" / f"s{i}_pred.tif"),
+                                      tifffile.imread(tmp_path / "one" / f"s{i}_pred.tif"))
+    two, one = (json.loads((tmp_path / d / "coverage.json").read_text()) for d in ("two", "one"))
+    assert two == one and [r["file"] for r in two["scenes"]] == [str(scenes / f"s{i}.npy") for i in range(3)]
