@@ -41,10 +41,17 @@ import configs
 from iceseg import dist
 from iceseg.checkpoint import load_checkpoint, unwrap_state_dict
 from iceseg.evaluation import colourise, default_palette
-from iceseg.fast import fuse_conv_bn, optimize
 from iceseg.inference import autocast_dtype
-from iceseg.scene import OUT_NODATA, SCENE_EXTS, TiledPredictor, logits_to_classes, open_raster, write_geotiff
-from iceseg.segmentor import build_model
+from iceseg.scene import (
+    OUT_NODATA,
+    SCENE_EXTS,
+    TiledPredictor,
+    logits_to_classes,
+    open_raster,
+    pixel_area_m2,
+    write_geotiff,
+)
+from iceseg.segmentor import build_inference_model
 from iceseg.transforms import build_transforms
 
 PIXELWISE = ("Normalize",)  # test transforms that keep the geometry (a scene is never resized or padded)
@@ -100,8 +107,6 @@ def coverage(path: Path, raster, counts: np.ndarray, names: list[str], ice: list
     ``counts``: ``(K,)`` pixels per class over valid pixels. ``fraction`` = pixels / valid pixels (None when no
     pixel is valid), ``area_km2`` = pixels x pixel area / 1e6 (None without a projected pixel size).
     """
-    from iceseg.scene import pixel_area_m2
-
     valid = int(counts.sum())
     area, note = pixel_area_m2({code: value for code, (_, _, value) in raster.geo.items()})
 
@@ -169,7 +174,6 @@ def predict_scene(path: Path, args, cfg, predictor, out: Path, log) -> dict:
     raw_cls = out / f".{stem}_pred.raw.tmp"
     raw_probs = out / f".{stem}_probs.raw.tmp"
     total = len(predictor.windows(raster))
-    predictor.windows_done = predictor.windows_skipped = 0
     t0 = last = time.time()
     try:
         with open(raw_cls, "wb") as fc, (open(raw_probs, "wb") if args.probs else open(os.devnull, "wb")) as fp:
@@ -292,14 +296,7 @@ def main() -> None:
                          f"{len(problems)} of {len(scenes)} scenes cannot be read:\n  " + "\n  ".join(problems))
 
     rank, world, device = dist.init_distributed(cfg.train.device)
-    model = build_model(cfg)
-    model.load_state_dict(unwrap_state_dict(ckpt))
-    model.eval()
-    if cfg.train.fast_paths:
-        optimize(model)
-    if E.fuse_conv_bn:
-        fuse_conv_bn(model)
-    model.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format)
+    model = build_inference_model(cfg, unwrap_state_dict(ckpt), device)
     if E.resize:
         dist.print0(f"note: eval.resize {tuple(E.resize)} resizes whole {cfg.data.dataset} images in test.py; "
                     "predict.py runs at the scene's own pixel size")

@@ -25,9 +25,8 @@ from iceseg import dist
 from iceseg.checkpoint import load_checkpoint, unwrap_state_dict
 from iceseg.data import build_dataset
 from iceseg.evaluation import build_evaluator, to_device
-from iceseg.fast import fuse_conv_bn, optimize
 from iceseg.inference import autocast_dtype
-from iceseg.segmentor import build_model
+from iceseg.segmentor import build_inference_model
 
 
 def main() -> None:
@@ -52,14 +51,7 @@ def main() -> None:
         dist.print0(f"note: validation in train.py ran with {ckpt['threads']} CPU thread(s) per process, this run with "
                     f"{torch.get_num_threads()}: scores may differ in the last digits (OMP_NUM_THREADS="
                     f"{ckpt['threads']} reproduces them exactly)")
-    model = build_model(cfg)
-    model.load_state_dict(unwrap_state_dict(ckpt))
-    model.eval()
-    if cfg.train.fast_paths:  # as in train.py's validation (iceseg/fast.py)
-        optimize(model)
-    if E.fuse_conv_bn:  # one conv instead of conv + BN per pair: less memory and time, same outputs to ~1e-6
-        fuse_conv_bn(model)
-    model.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format)
+    model = build_inference_model(cfg, unwrap_state_dict(ckpt), device)  # fast paths and folded BN, as validation
     if cfg.train.compile:
         model = torch.compile(model)
 
