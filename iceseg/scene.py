@@ -111,11 +111,9 @@ class Raster:
             valid &= arr[..., -1] > 0
             arr = arr[..., :-1]
         if arr.dtype.kind == "f":
-            valid &= ~np.isnan(arr).any(axis=-1)
-        if self.nodata is not None:
-            if math.isnan(self.nodata):
-                valid &= ~np.isnan(arr).all(axis=-1)
-            elif arr.dtype.kind == "f" or np.iinfo(arr.dtype).min <= self.nodata <= np.iinfo(arr.dtype).max:
+            valid &= ~np.isnan(arr).any(axis=-1)  # also covers a NaN nodata value
+        if self.nodata is not None and not math.isnan(self.nodata):
+            if arr.dtype.kind == "f" or np.iinfo(arr.dtype).min <= self.nodata <= np.iinfo(arr.dtype).max:
                 value = np.asarray(self.nodata).astype(arr.dtype)
                 if value == self.nodata:  # a value the dtype cannot hold (0.5 in uint8) marks nothing
                     valid &= ~(arr == value).all(axis=-1)
@@ -356,11 +354,15 @@ class TiledPredictor:
         self.autocast, self.channels_last = autocast, channels_last
         self.windows_done = self.windows_skipped = 0
 
+    def _grid(self, raster: Raster) -> tuple[int, int, list[int], list[int]]:
+        """Window height and width (the crop clipped to the scene) and the window starts along y and x."""
+        ch, cw = min(self.crop_size[0], raster.height), min(self.crop_size[1], raster.width)
+        return ch, cw, window_starts(raster.height, ch, self.stride[0]), window_starts(raster.width, cw, self.stride[1])
+
     def windows(self, raster: Raster) -> list[tuple[int, int, int, int]]:
         """``(y, x, h, w)`` of every window, row by row."""
-        ch, cw = min(self.crop_size[0], raster.height), min(self.crop_size[1], raster.width)
-        return [(y, x, ch, cw) for y in window_starts(raster.height, ch, self.stride[0])
-                for x in window_starts(raster.width, cw, self.stride[1])]
+        ch, cw, ys, xs = self._grid(raster)
+        return [(y, x, ch, cw) for y in ys for x in xs]
 
     def _run(self, batch: list) -> list[torch.Tensor]:
         x = torch.stack([t for t, _ in batch]).to(self.device)  # (B, C, h, w)
@@ -372,27 +374,28 @@ class TiledPredictor:
         return list(logits.float().cpu())
 
     def __call__(self, raster: Raster, on_window=None):
-        """Yield ``(y0, logits, valid)`` row blocks top to bottom; ``on_window(window, img, valid)`` sees each read."""
+        """Yield ``(y0, logits, valid)`` row blocks top to bottom; ``on_window(window, img, valid)`` sees each read.
+
+        ``windows_done`` / ``windows_skipped`` count this call's windows run and left out."""
         H, W = raster.height, raster.width
-        wins = self.windows(raster)
-        ch = wins[0][2]
-        weight = torch.ones(ch, wins[0][3]) if self.blend == "mean" else hann_weight(ch, wins[0][3])  # (h, w)
-        acc = wsum = None
+        ch, cw, ys, xs = self._grid(raster)
+        weight = torch.ones(ch, cw) if self.blend == "mean" else hann_weight(ch, cw)  # (h, w)
+        acc = wsum = None  # (K', ch, W) and (ch, W) sums from rows top on, made at the first model output
         valid = np.zeros((ch, W), bool)
         top = 0
-        rows = {}
-        for y, x, h, w in wins:
-            rows.setdefault(y, []).append((y, x, h, w))
-        for y in sorted(rows):
-            if acc is not None and y > top:  # rows [top, y) are final: no later window reaches them
-                yield from self._flush(acc, wsum, valid, top, y - top)
+        self.windows_done = self.windows_skipped = 0
+        for y in ys:
+            if y > top:  # rows [top, y) are final: no later window reaches them
+                yield from self._flush(acc, wsum, valid, top, y - top, W)
                 keep = top + ch - y
-                acc[:, :keep], acc[:, keep:] = acc[:, y - top:].clone(), 0
-                wsum[:keep], wsum[keep:] = wsum[y - top:].clone(), 0
+                if acc is not None:
+                    acc[:, :keep], acc[:, keep:] = acc[:, y - top:].clone(), 0
+                    wsum[:keep], wsum[keep:] = wsum[y - top:].clone(), 0
                 valid[:keep], valid[keep:] = valid[y - top:].copy(), False
                 top = y
             pending = []
-            for win in rows[y]:
+            for x in xs:
+                win = (y, x, ch, cw)
                 img, ok = raster.read(*win)
                 if on_window is not None:
                     on_window(win, img, ok)
@@ -409,24 +412,24 @@ class TiledPredictor:
                     pending = []
             if pending:
                 acc, wsum = self._add(pending, acc, wsum, weight, top, W)
-            if acc is None:  # every window so far is empty: the planes are made on the first model output
-                acc, wsum = torch.zeros(1, ch, W), torch.zeros(ch, W)
-        yield from self._flush(acc, wsum, valid, top, H - top)
+        yield from self._flush(acc, wsum, valid, top, H - top, W)
 
     def _add(self, pending, acc, wsum, weight, top, W):
         for logit, (_, (y, x, h, w)) in zip(self._run(pending), pending, strict=True):
-            if acc is None or acc.shape[0] != logit.shape[0]:
-                acc = torch.zeros(logit.shape[0], weight.shape[0], W)  # (K', crop_h, W)
-                wsum = torch.zeros(weight.shape[0], W) if wsum is None else wsum
+            if acc is None:
+                acc, wsum = torch.zeros(logit.shape[0], weight.shape[0], W), torch.zeros(weight.shape[0], W)
             acc[:, y - top:y - top + h, x:x + w] += logit * weight
             wsum[y - top:y - top + h, x:x + w] += weight
             self.windows_done += 1
         return acc, wsum
 
     @staticmethod
-    def _flush(acc, wsum, valid, top, n):
+    def _flush(acc, wsum, valid, top, n, W):
         for r in range(0, n, 64):  # hand out at most 64 rows at a time
             m = min(64, n - r)
+            if acc is None:  # no window so far held a valid pixel
+                yield top + r, torch.zeros(1, m, W), np.zeros((m, W), bool)
+                continue
             seen = wsum[r:r + m] > 0
             logits = acc[:, r:r + m] / torch.where(seen, wsum[r:r + m], torch.ones(()))  # (K', m, W)
             yield top + r, logits, valid[r:r + m] & seen.numpy()
@@ -451,8 +454,8 @@ def write_geotiff(path: Path, blocks, height: int, width: int, bands: int, geo: 
         geo: ``{code: (dtype, count, value)}`` geo tags to copy (:attr:`Raster.geo`); nothing else is copied.
         nodata: written as the GDAL_NODATA tag (42113), or None for none.
 
-    The file appears under ``path`` only when complete (``<path>.tmp`` then ``os.replace``); BigTIFF when the
-    pixels might not fit the 4 GiB offsets of a classic TIFF.
+    The file appears under ``path`` only when complete (``<path>.tmp`` then ``os.replace``); it is a BigTIFF
+    when the pixels might not fit the 32-bit offsets of a classic TIFF.
     """
     import tifffile
 
