@@ -6,6 +6,7 @@
 Inputs: GeoTIFFs (uint8/uint16/int16/float32, strips or tiles, contiguous or planar), ``.npy`` rasters
 ``(H, W[, C])``, ``.png/.jpg`` images, or folders of them; the bands must be those the config was trained
 on, in the same order, and the config's test pipeline (per-pixel transforms such as Normalize) is applied.
+An AutoICE config (``eval.evaluator = "autoice"``) takes AI4Arctic ``*_prep.nc`` scenes instead.
 Without ``--config`` the checkpoint's own config is used. Scenes are cut into ``eval.crop_size`` windows
 every ``eval.stride`` whose logits are blended (``--blend hann|mean``, default ``eval.blend``).
 
@@ -13,10 +14,13 @@ Per scene ``<stem>`` in ``--out``: ``<stem>_pred.tif`` (uint8 classes, 255 = nod
 georeferencing), ``<stem>_probs.tif`` with ``--probs`` (one uint8 band per class, probability x 255),
 ``<stem>_pred.png`` (colour map) and ``<stem>_overlay.png`` (colours over the image), both at most
 ``--preview`` pixels on the long side, and ``<stem>_coverage.json``; for all scenes ``coverage.json`` and
-``coverage.csv``. Every file is written to a temporary name and renamed when complete.
+``coverage.csv``. An AutoICE scene ``<scene>_prep.nc`` gives ``<scene>_charts.nc`` (its SIC, SOD and FLOE
+charts at 80 m in the challenge's submission layout, 255 = masked), ``<scene>_{SIC,SOD,FLOE}.png`` and
+``<scene>_coverage.json``, and all AutoICE scenes together ``submission.nc``. Every file is written to a
+temporary name and renamed when complete.
 
 Nodata: ``--nodata V`` or the GeoTIFF's GDAL_NODATA tag (a pixel whose bands all equal it), NaN in any band,
-or an alpha band equal to 0. Nodata pixels are 255 in the map and left out of the coverage; windows without
+or an alpha band equal to 0; in AutoICE scenes, HH = 0. Nodata pixels are 255 in the map and left out of the coverage; windows without
 a valid pixel are not run. Other options: ``--batch-size N`` windows per forward, ``--amp none|bf16|fp16``,
 ``--skip-existing`` (resume a batch), ``--rgb-bands 2,1,0`` (overlay bands), ``--cache-mb`` (decoded TIFF
 segments kept), and the ``--section.key=value`` overrides of train.py.
@@ -39,6 +43,23 @@ from PIL import Image
 
 import configs
 from iceseg import dist
+from iceseg.autoice.data import (
+    CHART_CLASS_NAMES,
+    CHARTS,
+    MASK,
+    NetCDFWriter,
+    SceneRaster,
+    merge_submissions,
+    write_submission_chart,
+)
+from iceseg.autoice.evaluate import (
+    AUTOICE_MASKED_RGB,
+    AUTOICE_PALETTES,
+    AUTOICE_TASKS,
+    StackedTasks,
+    task_values,
+    to_charts,
+)
 from iceseg.checkpoint import load_checkpoint, unwrap_state_dict
 from iceseg.evaluation import colourise, default_palette
 from iceseg.inference import autocast_dtype
@@ -56,30 +77,43 @@ from iceseg.transforms import build_transforms
 
 PIXELWISE = ("Normalize",)  # test transforms that keep the geometry (a scene is never resized or padded)
 ROWS = 256  # output tile size: rows per block of the second pass
+AUTOICE_SUFFIX = "_prep.nc"  # AI4Arctic ready-to-train scenes (their *_prep_reference.nc charts are not inputs)
+
+
+def scene_stem(p: Path) -> str:
+    """Output name stem: the file stem, or the AutoICE scene name of ``<scene>_prep.nc``."""
+    return p.name[:-len(AUTOICE_SUFFIX)] if p.name.endswith(AUTOICE_SUFFIX) else p.stem
+
+
+def is_scene_file(p: Path) -> bool:
+    """An image/raster file of ``SCENE_EXTS`` or an AutoICE ``*_prep.nc`` scene."""
+    return p.suffix.lower() in SCENE_EXTS or p.name.endswith(AUTOICE_SUFFIX)
 
 
 def list_scenes(inputs: list[str]) -> list[Path]:
     """Files and folders (their scene files, sorted, not recursive) -> scene paths; raises on a missing path,
     an empty folder, a non-scene file or two scenes with one stem (their outputs would collide)."""
+    exts = ", ".join((*SCENE_EXTS, AUTOICE_SUFFIX))
     scenes = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in SCENE_EXTS and f.is_file())
+            found = sorted(f for f in p.iterdir() if is_scene_file(f) and f.is_file())
             if not found:
-                raise ValueError(f"{p}: folder holds no scene files ({', '.join(SCENE_EXTS)})")
+                raise ValueError(f"{p}: folder holds no scene files ({exts})")
             scenes += found
         elif p.is_file():
-            if p.suffix.lower() not in SCENE_EXTS:
-                raise ValueError(f"{p}: not a scene file (expected one of {', '.join(SCENE_EXTS)})")
+            if not is_scene_file(p):
+                raise ValueError(f"{p}: not a scene file (expected one of {exts})")
             scenes.append(p)
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
     stems = {}
     for p in scenes:
-        if p.stem in stems:
-            raise ValueError(f"{p} and {stems[p.stem]} share the stem {p.stem!r}: their outputs would collide")
-        stems[p.stem] = p
+        stem = scene_stem(p)
+        if stem in stems:
+            raise ValueError(f"{p} and {stems[stem]} share the stem {stem!r}: their outputs would collide")
+        stems[stem] = p
     return scenes
 
 
@@ -152,13 +186,55 @@ def stretch(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out
 
 
+def open_scene(path: Path, cfg, args):
+    """The scene as a Raster: a ``SceneRaster`` for AutoICE configs, else :func:`open_raster`.
+
+    Raises:
+        ValueError: naming the file: a scene of the other kind than the config predicts, a bad band count, or
+            what the readers raise.
+    """
+    autoice = cfg.eval.evaluator == "autoice"
+    if path.name.endswith(AUTOICE_SUFFIX) != autoice:
+        raise ValueError(f"{path}: an AutoICE scene, but config {cfg.name!r} is not an AutoICE config" if not autoice
+                         else f"{path}: config {cfg.name!r} is an AutoICE config: it predicts {AUTOICE_SUFFIX} scenes")
+    if not autoice:
+        return open_raster(path, cfg.data.in_channels, args.nodata, args.cache_mb)
+    raster = SceneRaster(path, int(cfg.data.kwargs.get("downsample", 1)))
+    if raster.bands != cfg.data.in_channels:
+        raise ValueError(f"{path}: gives {raster.bands} AutoICE channels, the model expects {cfg.data.in_channels} "
+                         "(data.in_channels)")
+    return raster
+
+
+class Progress:
+    """A scene's progress line every 10 s (windows done of total, empty ones, ETA) and its closing line."""
+
+    def __init__(self, stem: str, predictor, total: int, log):
+        self.stem, self.predictor, self.total, self.log = stem, predictor, total, log
+        self.t0 = self.last = time.time()
+
+    def tick(self) -> None:
+        p, now = self.predictor, time.time()
+        if now - self.last > 10:
+            done, el = p.windows_done + p.windows_skipped, now - self.t0
+            self.log(f"{self.stem}: {done}/{self.total} windows ({p.windows_skipped} empty), {el:.0f} s, "
+                     f"ETA {el / max(done, 1) * (self.total - done):.0f} s")
+            self.last = now
+
+    def finish(self, H: int, W: int, valid: int) -> None:
+        el = time.time() - self.t0
+        self.log(f"{self.stem}: {H}x{W} px, {self.predictor.windows_done} windows run, {self.predictor.windows_skipped} "
+                 f"empty, {el:.1f} s ({H * W / 1e6 / max(el, 1e-9):.2f} Mpx/s), valid {valid} px"
+                 + ("" if valid else " -- warning: the scene is all nodata"))
+
+
 def predict_scene(path: Path, args, cfg, predictor, out: Path, log) -> dict:
     """Predict one scene and write its files; returns its coverage record."""
-    D, E = cfg.data, cfg.eval
+    E = cfg.eval
     K = max(cfg.model.num_classes, 2)
     names = list(E.class_names) or [f"class {i}" for i in range(K)]
     palette = np.array(E.palette, np.uint8) if E.palette else default_palette(K)
-    raster = open_raster(path, D.in_channels, args.nodata, args.cache_mb)
+    raster = open_scene(path, cfg, args)
     stem, H, W = path.stem, raster.height, raster.width
     f = max(1, math.ceil(max(H, W) / args.preview))
     ph, pw = -(-H // f), -(-W // f)
@@ -173,8 +249,7 @@ def predict_scene(path: Path, args, cfg, predictor, out: Path, log) -> dict:
 
     raw_cls = out / f".{stem}_pred.raw.tmp"
     raw_probs = out / f".{stem}_probs.raw.tmp"
-    total = len(predictor.windows(raster))
-    t0 = last = time.time()
+    progress = Progress(stem, predictor, len(predictor.windows(raster)), log)
     try:
         with open(raw_cls, "wb") as fc, (open(raw_probs, "wb") if args.probs else open(os.devnull, "wb")) as fp:
             for _, logits, valid in predictor(raster, on_window):
@@ -189,12 +264,7 @@ def predict_scene(path: Path, args, cfg, predictor, out: Path, log) -> dict:
                     q = (p * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # (h, W, K)
                     q[~valid] = 0
                     fp.write(q.tobytes())
-                done = predictor.windows_done + predictor.windows_skipped
-                if time.time() - last > 10:
-                    el = time.time() - t0
-                    log(f"{stem}: {done}/{total} windows ({predictor.windows_skipped} empty), {el:.0f} s, "
-                        f"ETA {el / max(done, 1) * (total - done):.0f} s")
-                    last = time.time()
+                progress.tick()
         counts = np.zeros(256, np.int64)
         cls_preview = np.full((ph, pw), OUT_NODATA, np.uint8)
 
@@ -230,10 +300,84 @@ def predict_scene(path: Path, args, cfg, predictor, out: Path, log) -> dict:
         atomic_write(out / f"{stem}_{name}.png", buf.getvalue())
     rec = coverage(path, raster, counts[:K], names, list(cfg.eval.ice_classes), list(cfg.eval.river_classes))
     atomic_write(out / f"{stem}_coverage.json", json.dumps(rec, indent=2, allow_nan=False).encode())
-    el = time.time() - t0
-    log(f"{stem}: {H}x{W} px, {predictor.windows_done} windows run, {predictor.windows_skipped} empty, {el:.1f} s "
-        f"({H * W / 1e6 / max(el, 1e-9):.2f} Mpx/s), valid {rec['valid_pixels']} px"
-        + ("" if rec["valid_pixels"] else " -- warning: the scene is all nodata"))
+    progress.finish(H, W, rec["valid_pixels"])
+    return rec
+
+
+def autoice_coverage(path: Path, raster, counts: dict, tasks: dict) -> dict:
+    """The coverage record of an AutoICE scene: per chart and class at 80 m (``classes`` entries carry
+    ``chart``), total ice (SIC >= 10 %) and the SIC-weighted ice area; the pixel area is the file's
+    ``pixel_spacing`` squared. ``counts``: ``{chart: (256,) pixels per value}``, 255 = masked."""
+    H, W = raster.scene.H, raster.scene.W
+    valid = H * W - int(counts["SIC"][MASK])
+    area = raster.pixel_spacing ** 2 if raster.pixel_spacing else None
+    note = ("pixel_spacing attribute of the file, squared; the SAR grid is not map-projected, so areas are "
+            "approximate" if area else "the file has no pixel_spacing attribute: no areas")
+
+    def entry(n):
+        return {"pixels": n, "fraction": n / valid if valid else None,
+                "area_km2": n * area / 1e6 if area is not None else None}
+
+    classes = []
+    for c in CHARTS:
+        names = CHART_CLASS_NAMES[c] if tasks[c] == 1 else CHART_CLASS_NAMES[c] + ["mask slot"] * 8
+        for i in range(11 if tasks[c] == 1 else tasks[c]):
+            classes.append({"name": f"{c} {names[i]}", "chart": c, "index": i, **entry(int(counts[c][i]))})
+    sic = counts["SIC"][:11].astype(np.float64)
+    weighted = float((sic * np.arange(11) / 10).sum())  # pixels x concentration
+    return {"file": str(path), "height": H, "width": W, "valid_pixels": valid, "nodata_pixels": H * W - valid,
+            "pixel_area_m2": area, "area_note": note, "nodata_source": raster.nodata_source, "classes": classes,
+            "totals": {"ice": entry(int(sic[1:].sum())),
+                       "ice_sic_weighted": {"pixels": None, "fraction": weighted / valid if valid else None,
+                                            "area_km2": weighted * area / 1e6 if area is not None else None}}}
+
+
+def predict_autoice_scene(path: Path, args, cfg, predictor, out: Path, log) -> dict:
+    """Predict the SIC, SOD and FLOE charts of one AutoICE scene and write its files; returns its coverage record.
+
+    Window outputs on the input grid (every ``data.kwargs.downsample``-th pixel) are blended, turned into chart
+    classes (SIC rounded and clipped to 0..10) and replicated back to the 80 m grid one band of rows at a time,
+    as the AutoICE evaluator writes its submission; masked (HH = 0) pixels are 255.
+    """
+    tasks = {t: int(k) for t, k in dict(getattr(cfg.model.arch, "tasks", AUTOICE_TASKS)).items()}
+    f = int(cfg.data.kwargs.get("downsample", 1))
+    raster = open_scene(path, cfg, args)
+    name, H, W = raster.scene.name, raster.scene.H, raster.scene.W
+    ff = max(1, math.ceil(max(H, W) / args.preview))
+    previews = {c: np.full((-(-H // ff), -(-W // ff)), MASK, np.uint8) for c in CHARTS}
+    counts = {c: np.zeros(256, np.int64) for c in CHARTS}
+    cols = np.arange(W) // f  # input-grid column of each 80 m column
+    progress = Progress(name, predictor, len(predictor.windows(raster)), log)
+    tmp = out / f".{name}_charts.nc.tmp"
+    try:
+        with NetCDFWriter(tmp) as w:
+            charts = {c: write_submission_chart(w, name, c, (H, W)) for c in CHARTS}
+            for y0, logits, valid in predictor(raster):
+                r0, r1 = y0 * f, min((y0 + len(valid)) * f, H)  # 80 m rows of these input rows
+                rows = np.arange(r0, r1) // f - y0
+                ok = valid[rows][:, cols]  # (r1 - r0, W)
+                values = to_charts(task_values(logits, tasks), tasks) if valid.any() else None
+                for c in CHARTS:
+                    block = np.where(ok, values[c][rows][:, cols], MASK).astype(np.uint8) if values else \
+                        np.full(ok.shape, MASK, np.uint8)
+                    charts[c][r0:r1] = block
+                    counts[c] += np.bincount(block.ravel(), minlength=256)
+                    keep = np.arange(-(-r0 // ff) * ff, r1, ff)
+                    previews[c][keep // ff] = block[keep - r0][:, ::ff]
+                progress.tick()
+        os.replace(tmp, out / f"{name}_charts.nc")
+    finally:
+        raster.close()
+        tmp.unlink(missing_ok=True)
+    for c, img in previews.items():
+        rgb = colourise(img, np.array(AUTOICE_PALETTES[c], np.uint8))
+        rgb[img == MASK] = AUTOICE_MASKED_RGB
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="PNG")
+        atomic_write(out / f"{name}_{c}.png", buf.getvalue())
+    rec = autoice_coverage(path, raster, counts, tasks)
+    atomic_write(out / f"{name}_coverage.json", json.dumps(rec, indent=2, allow_nan=False).encode())
+    progress.finish(H, W, rec["valid_pixels"])
     return rec
 
 
@@ -282,13 +426,20 @@ def main() -> None:
                          "pixels between windows would get no prediction")
     if args.rgb_bands and max(args.rgb_bands) >= D.in_channels:
         raise ValueError(f"--rgb-bands {args.rgb_bands}: the model has {D.in_channels} bands")
+    autoice = E.evaluator == "autoice"
+    if autoice and args.probs:
+        raise ValueError(f"--probs: config {cfg.name!r} predicts AutoICE charts (SIC is a regression): no "
+                         "class probabilities to write")
+    if autoice and args.nodata is not None:
+        raise ValueError(f"--nodata: config {cfg.name!r} predicts AutoICE scenes, whose nodata is HH = 0 (the "
+                         "ready-to-train mask value)")
     scenes = list_scenes(args.inputs)
     out = Path(args.out)
     check_out_dir(out)
     problems = []
     for path in scenes:  # headers of every scene first: all bad files reported at once, before any model runs
         try:
-            open_raster(path, D.in_channels, args.nodata, args.cache_mb).close()
+            open_scene(path, cfg, args).close()
         except ValueError as e:
             problems.append(str(e))
     if problems:
@@ -300,6 +451,8 @@ def main() -> None:
     if E.resize:
         dist.print0(f"note: eval.resize {tuple(E.resize)} resizes whole {cfg.data.dataset} images in test.py; "
                     "predict.py runs at the scene's own pixel size")
+    if autoice:
+        model = StackedTasks(model, getattr(cfg.model.arch, "tasks", AUTOICE_TASKS))
     predictor = TiledPredictor(model, E.crop_size, E.stride, E.size_divisor, args.blend or E.blend, args.batch_size,
                                build_transforms(D.test_pipeline), device, autocast_dtype(args.amp, device),
                                cfg.train.channels_last)
@@ -309,12 +462,13 @@ def main() -> None:
 
     failed = []
     for i in range(rank, len(scenes), world):
-        path = scenes[i]
-        if args.skip_existing and all((out / f"{path.stem}{s}").is_file() for s in ("_pred.tif", "_coverage.json")):
-            log(f"{path.stem}: outputs exist, skipped")
+        path, stem = scenes[i], scene_stem(scenes[i])
+        if args.skip_existing and all((out / f"{stem}{s}").is_file()
+                                      for s in ("_charts.nc" if autoice else "_pred.tif", "_coverage.json")):
+            log(f"{stem}: outputs exist, skipped")
             continue
         try:
-            predict_scene(path, args, cfg, predictor, out, log)
+            (predict_autoice_scene if autoice else predict_scene)(path, args, cfg, predictor, out, log)
         except (ValueError, OSError) as e:
             log(f"error: {e}")
             failed.append(str(path))
@@ -322,12 +476,16 @@ def main() -> None:
     if rank == 0:
         records = []
         for path in scenes:
-            side = out / f"{path.stem}_coverage.json"
+            side = out / f"{scene_stem(path)}_coverage.json"
             if side.is_file():
                 records.append(json.loads(side.read_text()))
         write_reports(out, records)
+        charts = [out / f"{scene_stem(p)}_charts.nc" for p in scenes]
+        if autoice and any(c.is_file() for c in charts):
+            merge_submissions(out / "submission.nc", [c for c in charts if c.is_file()])
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"{len(records)} of {len(scenes)} scenes in {out}/ (coverage.json, coverage.csv); "
+        print(f"{len(records)} of {len(scenes)} scenes in {out}/ (coverage.json, coverage.csv"
+              f"{', submission.nc' if autoice else ''}); "
               f"peak RSS {peak:.0f} MiB")
     dist.cleanup()
     if failed:
@@ -337,5 +495,5 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (FileNotFoundError, KeyError, ValueError, TypeError, RuntimeError, OSError) as e:
+    except (FileNotFoundError, ImportError, KeyError, ValueError, TypeError, RuntimeError, OSError) as e:
         sys.exit(f"error: {e.args[0] if e.args else e}")

@@ -361,3 +361,91 @@ def test_torchrun_shards_scenes_and_matches_one_process(tmp_path):
                                       tifffile.imread(tmp_path / "one" / f"s{i}_pred.tif"))
     two, one = (json.loads((tmp_path / d / "coverage.json").read_text()) for d in ("two", "one"))
     assert two == one and [r["file"] for r in two["scenes"]] == [str(scenes / f"s{i}.npy") for i in range(3)]
+
+
+# --------------------------------------------------------------------------- AutoICE scenes
+
+
+@pytest.mark.parametrize("f", [1, 3])
+def test_autoice_scene_charts_equal_the_evaluator_submission(tmp_path, monkeypatch, f):
+    """predict.py's charts of a ``*_prep.nc`` scene equal test.py's submission (the AutoICE evaluator) on every
+    unmasked pixel, are 255 where HH is masked, and its coverage equals counts of the written charts."""
+    import h5py
+
+    from iceseg.autoice import Scene, write_synthetic_scene
+    from iceseg.autoice.evaluate import AutoICEEvaluator
+
+    overrides = ["--eval.crop_size=(40,48)", "--eval.stride=(24,32)", f"--data.kwargs.downsample={f}"]
+    ckpt = save_checkpoint(tmp_path, "deeplab_autoice_debug")
+    cfg = configs.get_config("deeplab_autoice_debug")
+    configs.apply_overrides(cfg, overrides)
+    scenes = tmp_path / "scenes"
+    nc = write_synthetic_scene(scenes / "20210101T120000_dmi_prep.nc", 110, 130, seed=3, labels="reference")
+    out = tmp_path / "out"
+    run_predict(monkeypatch, scenes, "--checkpoint", ckpt, "--out", out, "--blend", "mean", *overrides)
+    # the evaluator on the same scene, as test.py runs it
+    model = build_model(cfg)
+    model.load_state_dict(torch.load(ckpt, weights_only=True)["model"])
+    model.eval()
+    scene = Scene(nc, f)
+    cfg.eval.submission = str(tmp_path / "sub.nc")
+    ev = AutoICEEvaluator(cfg, torch.device("cpu"))
+    labels = {c: torch.from_numpy(v)[None] for c, v in scene.read_charts().items()}
+    with torch.no_grad():
+        ev.update(model, {"img": torch.from_numpy(scene.read_inputs())[None], "label": labels, "name": [scene.name]})
+    ev.compute()
+    with h5py.File(nc) as fh:
+        masked = fh["nersc_sar_primary"][()] == 0
+    masked = masked[::f, ::f].repeat(f, 0).repeat(f, 1)[:110, :130]  # the input grid's mask at 80 m
+    assert 0 < masked.mean() < 0.5
+    with h5py.File(out / "20210101T120000_dmi_charts.nc") as ours, h5py.File(tmp_path / "sub.nc") as ref, \
+            h5py.File(out / "submission.nc") as sub:
+        for c in ("SIC", "SOD", "FLOE"):
+            key = f"20210101T120000_dmi_{c}"
+            pred = ours[key][()]
+            assert pred.dtype == np.uint8 and pred.shape == (110, 130)
+            assert (pred[masked] == 255).all()
+            np.testing.assert_array_equal(pred[~masked], ref[key][()][~masked])
+            np.testing.assert_array_equal(sub[key][()], pred)
+            if c == "SIC":
+                sic = pred
+    rec = json.loads((out / "coverage.json").read_text())["scenes"][0]
+    valid = int((~masked).sum())
+    assert rec["valid_pixels"] == valid and rec["pixel_area_m2"] == 6400.0 and rec["height"] == 110
+    counts = np.bincount(sic[~masked], minlength=11)
+    got = [c for c in rec["classes"] if c["chart"] == "SIC"]
+    assert [c["name"] for c in got][:2] == ["SIC 0%", "SIC 10%"] and len(got) == 11
+    assert [c["pixels"] for c in got] == counts.tolist()
+    assert got[4]["area_km2"] == pytest.approx(counts[4] * 0.0064)
+    assert rec["totals"]["ice"]["pixels"] == counts[1:].sum()
+    assert rec["totals"]["ice_sic_weighted"]["area_km2"] == pytest.approx((counts * np.arange(11) / 10).sum() * 0.0064)
+    assert len([c for c in rec["classes"] if c["chart"] == "SOD"]) == 7  # 6 classes and the seed's mask slot
+    for c in ("SIC", "SOD", "FLOE"):
+        assert (out / f"20210101T120000_dmi_{c}.png").is_file()
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+
+
+def test_autoice_bad_inputs_name_the_file(tmp_path, monkeypatch):
+    from iceseg.autoice import write_synthetic_scene
+
+    ckpt = save_checkpoint(tmp_path, "deeplab_autoice_debug")
+    bad = write_synthetic_scene(tmp_path / "20210101T120000_dmi_prep.nc", 60, 60, labels="none",
+                                drop=("distance_map",))
+    with pytest.raises(ValueError, match=r"_dmi_prep\.nc: missing variable\(s\) \['distance_map'\]"):
+        run_predict(monkeypatch, bad, "--checkpoint", ckpt, "--out", tmp_path / "o")
+    tif = write_scene(tmp_path / "river.tif", np.zeros((20, 20, 3), np.uint8))
+    with pytest.raises(ValueError, match="river.tif: config 'deeplab_autoice_debug' is an AutoICE config"):
+        run_predict(monkeypatch, tif, "--checkpoint", ckpt, "--out", tmp_path / "o")
+    with pytest.raises(ValueError, match="--probs: config 'deeplab_autoice_debug' predicts AutoICE charts"):
+        run_predict(monkeypatch, bad, "--checkpoint", ckpt, "--out", tmp_path / "o", "--probs")
+    with pytest.raises(ValueError, match="--nodata: .* HH = 0"):
+        run_predict(monkeypatch, bad, "--checkpoint", ckpt, "--out", tmp_path / "o", "--nodata", "0")
+    (tmp_path / "g").mkdir()
+    other = save_checkpoint(tmp_path / "g", "unetpp_glacier_debug")
+    with pytest.raises(ValueError, match=r"_dmi_prep\.nc: an AutoICE scene, but config 'unetpp_glacier_debug'"):
+        run_predict(monkeypatch, bad, "--checkpoint", other, "--out", tmp_path / "o")
+    (tmp_path / "x_reference.nc").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"x_reference\.nc: not a scene file \(expected one of .*_prep\.nc\)"):
+        predict.list_scenes([str(tmp_path / "x_reference.nc")])
+    write_synthetic_scene(tmp_path / "s" / "20210101T120000_dmi_prep.nc", 60, 60, labels="reference")
+    assert [p.name for p in predict.list_scenes([str(tmp_path / "s")])] == ["20210101T120000_dmi_prep.nc"]

@@ -47,6 +47,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from iceseg.scene import Raster
+
 CHARTS = ("SIC", "SOD", "FLOE")
 CHART_CLASSES = {"SIC": 11, "SOD": 6, "FLOE": 7}  # valid classes 0..K-1 (starter kit utils.py), 255 = masked
 SAR_VARS = ("nersc_sar_primary", "nersc_sar_secondary", "sar_incidenceangle")
@@ -62,6 +64,11 @@ FULL_DIMS, TIE_DIMS, LOWRES_DIMS = ("sar_lines", "sar_samples"), ("sar_sample_2d
 TIE_POINTS = 21  # tie-point grid size per axis
 LOWRES_FACTOR = 25  # 80 m pixels per 2 km cell
 MASK = 255  # chart fill value
+CHART_CLASS_NAMES = {  # spec autoice.md §3.4; the seed's extra SOD/FLOE output is the "mask slot"
+    "SIC": [f"{10 * k}%" for k in range(11)],
+    "SOD": ["open water", "new ice", "young ice", "thin first-year ice", "thick first-year ice", "old ice"],
+    "FLOE": ["open water", "cake ice", "small floe", "medium floe", "big floe", "vast floe", "bergs"],
+}
 DEFAULTS = {"patch_size": 768, "patches_per_epoch": 9728, "min_valid": 0.3, "downsample": 1}
 # patches_per_epoch: the seed's int(20 x 487 / 16) = 608 batches x 16
 
@@ -277,6 +284,35 @@ class Scene:
         return out
 
 
+class SceneRaster(Raster):
+    """A ``*_prep.nc`` scene as an ``iceseg.scene.Raster`` for predict.py (no charts needed).
+
+    ``read(y, x, h, w)`` gives the 18 :data:`CHANNELS` of an input-grid window (every ``downsample``-th
+    80 m line and sample), ``(h, w, 18)`` float32, and its ``(h, w)`` valid mask: HH differs from the RTT
+    fill value 0 (the starter kit's test mask ``x[0] == train_fill_value``). ``pixel_spacing``: the file's
+    attribute in metres (80 m grid), or None.
+
+    Raises:
+        ValueError, FileNotFoundError: as :class:`Scene`.
+    """
+
+    def __init__(self, path: str | Path, downsample: int = 1):
+        self.scene = Scene(path, downsample, need_labels=False)
+        super().__init__(Path(path), *self.scene.size, len(CHANNELS), np.float32)
+        with open_nc(self.path) as fh:
+            spacing = fh.attrs.get("pixel_spacing")
+        self.pixel_spacing = float(spacing) if spacing is not None and float(spacing) > 0 else None
+        self.nodata, self.nodata_source = 0.0, "HH = 0 (the ready-to-train mask value)"
+
+    def _read(self, y, x, h, w):
+        return self.scene.read_inputs(y, y + h, x, x + w).transpose(1, 2, 0)  # (h, w, 18)
+
+    def read(self, y: int, x: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """Input-grid window: ``(h, w, 18)`` float32 channels and the ``(h, w)`` bool mask HH != 0."""
+        arr = self._read(y, x, h, w)
+        return arr, arr[..., 0] != 0
+
+
 # ----------------------------------------------------------------------------- datasets
 
 
@@ -436,6 +472,18 @@ class NetCDFWriter:
         for i, d in enumerate(dims):
             ds.dims[i].attach_scale(self.fh[d])
 
+    def blank(self, name: str, dims: tuple, shape: tuple, dtype, fillvalue=None):
+        """Create variable ``name`` of ``shape`` (gzip, chunked by rows) and return its ``h5py.Dataset`` for
+        writes by slices (``ds[r0:r1] = block``): a chart written one band of rows at a time."""
+        for d, n in zip(dims, shape, strict=True):
+            self.dimension(d, n)
+        chunks = (min(256, shape[0]), *shape[1:])
+        ds = self.fh.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=fillvalue,
+                                    compression="gzip", compression_opts=1, shuffle=True)
+        for i, d in enumerate(dims):
+            ds.dims[i].attach_scale(self.fh[d])
+        return ds
+
     def close(self) -> None:
         """Flush and close the file."""
         self.fh.close()
@@ -447,11 +495,42 @@ class NetCDFWriter:
         self.close()
 
 
-def write_submission_chart(writer: NetCDFWriter, scene: str, chart: str, data: np.ndarray) -> None:
+def write_submission_chart(writer: NetCDFWriter, scene: str, chart: str, data) -> None:
     """Add one chart in the AutoICE submission layout: uint8 ``{scene}_{chart}`` with dimensions
-    ``{scene}_{chart}_dim0/1`` (starter-kit ``test_upload``; ``scene`` like "20180325T194759_dmi")."""
+    ``{scene}_{chart}_dim0/1`` (starter-kit ``test_upload``; ``scene`` like "20180325T194759_dmi").
+
+    ``data``: the ``(H, W)`` chart, or its shape: then the empty variable's ``h5py.Dataset`` is returned
+    for writes by rows."""
     name = f"{scene}_{chart}"
-    writer.variable(name, (f"{name}_dim0", f"{name}_dim1"), np.asarray(data, dtype=np.uint8))
+    dims = (f"{name}_dim0", f"{name}_dim1")
+    if isinstance(data, tuple):
+        return writer.blank(name, dims, data, np.uint8)
+    writer.variable(name, dims, np.asarray(data, dtype=np.uint8))
+    return None
+
+
+def merge_submissions(path: str | Path, parts: list, delete: bool = False) -> None:
+    """Write the charts of submission files ``parts`` into one submission ``path`` (atomically: a
+    temporary file, then a rename), copying 1024 rows at a time; ``delete`` removes the parts after."""
+    h5py = require_h5py()
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with NetCDFWriter(tmp) as w:
+            for p in parts:
+                with h5py.File(p, "r") as fh:
+                    for k, src in fh.items():
+                        if src.ndim == 2:
+                            scene, chart = k.rsplit("_", 1)
+                            dst = write_submission_chart(w, scene, chart, src.shape)
+                            for r in range(0, src.shape[0], 1024):
+                                dst[r:r + 1024] = src[r:r + 1024]
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if delete:
+        for p in parts:
+            Path(p).unlink()
 
 
 # ----------------------------------------------------------------------------- synthetic scenes

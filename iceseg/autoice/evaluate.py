@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from iceseg import dist
-from iceseg.autoice.data import NetCDFWriter, require_h5py, write_submission_chart
+from iceseg.autoice.data import NetCDFWriter, merge_submissions, write_submission_chart
 from iceseg.autoice.loss import MultiTaskLoss
 from iceseg.evaluation import EVALUATORS, colourise
 from iceseg.inference import window_starts
@@ -38,6 +38,40 @@ AUTOICE_PALETTES = {  # RGB per class; masked reference pixels are drawn AUTOICE
              [230, 230, 230], [128, 128, 128]],
 }
 AUTOICE_MASKED_RGB = (40, 40, 40)
+
+
+def task_values(block: torch.Tensor, tasks: dict) -> dict:
+    """``(sum K, n, w)`` stacked task outputs (``tasks`` order) -> ``{task: (n, w)}``: the SIC value of a
+    one-output head (float), else the argmax class (uint8; the seed's SOD/FLOE mask slot included)."""
+    out, i = {}, 0
+    for t, k in tasks.items():
+        z = block[i:i + k]
+        out[t] = z[0] if k == 1 else z.argmax(0).to(torch.uint8)
+        i += k
+    return out
+
+
+def to_charts(values: dict, tasks: dict) -> dict:
+    """:func:`task_values` maps -> ``{task: uint8 numpy}`` chart classes: a SIC value rounded and clipped
+    to the classes 0..10 (the leaderboard's uint8 charts), classes as they are."""
+    out = {}
+    for t, v in values.items():
+        v = v.float().numpy() if tasks[t] == 1 else v.numpy()
+        out[t] = (np.clip(np.rint(v), 0, 10) if tasks[t] == 1 else v).astype(np.uint8)
+    return out
+
+
+class StackedTasks(torch.nn.Module):
+    """``model(x) -> {task: (B, K_t, h, w)}`` as one ``(B, sum K_t, h, w)`` tensor in ``tasks`` order, so a
+    multi-task model runs through single-output tiling (``iceseg.scene.TiledPredictor``)."""
+
+    def __init__(self, model: torch.nn.Module, tasks: dict):
+        super().__init__()
+        self.model, self.tasks = model, dict(tasks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return torch.cat([out[t].float() for t in self.tasks], 1)  # (B, sum K, h, w)
 
 
 class AutoICEEvaluator:
@@ -92,15 +126,6 @@ class AutoICEEvaluator:
         self.submission, self.writer = (Path(E.submission) if E.submission else None), None
 
     # -- inference ----------------------------------------------------------------------------------
-    def _values(self, block: torch.Tensor) -> dict:
-        """``(sum K, n, w)`` averaged outputs -> ``{task: (n, w)}`` SIC float values / class indices."""
-        out, i = {}, 0
-        for t, k in self.tasks.items():
-            z = block[i:i + k]
-            out[t] = z[0] if k == 1 else z.argmax(0).to(torch.uint8)
-            i += k
-        return out
-
     def _score_band(self, block: torch.Tensor, labels: dict, r0: int, r1: int, scene_loss: torch.Tensor) -> dict:
         """Score finished input rows ``[r0, r1)``: loss at the input grid, metrics at 80 m."""
         f, i = self.f, 0
@@ -109,7 +134,7 @@ class AutoICEEvaluator:
             scene_loss[j, 0] += self.criterion.task_loss(t, block[None, i:i + k], lab[None].long(), "sum")
             scene_loss[j, 1] += (lab != self.ignore).sum()
             i += k
-        vals = self._values(block)
+        vals = task_values(block, self.tasks)
         rows = slice(r0 * f, min(r1 * f, labels["SIC"].shape[0]))
         n_rows, W = rows.stop - rows.start, labels["SIC"].shape[1]
         ri = torch.arange(n_rows, device=block.device) // f
@@ -195,12 +220,7 @@ class AutoICEEvaluator:
     def _charts(self, maps: dict, size: tuple) -> dict:
         """Input-grid maps -> ``{chart: (H, W) uint8}`` at 80 m (SIC rounded and clipped to 0..10)."""
         ri, ci = np.arange(size[0]) // self.f, np.arange(size[1]) // self.f
-        out = {}
-        for t in ("SIC", "SOD", "FLOE"):
-            v = maps[t].float().numpy() if t == "SIC" else maps[t].numpy()
-            v = np.clip(np.rint(v), 0, 10) if t == "SIC" and self.tasks[t] == 1 else v
-            out[t] = v.astype(np.uint8)[np.ix_(ri, ci)]
-        return out
+        return {t: v[np.ix_(ri, ci)] for t, v in to_charts(maps, self.tasks).items()}
 
     def _draw(self, show_dir: Path, name: str, charts: dict, labels: dict) -> None:
         show_dir.mkdir(parents=True, exist_ok=True)
@@ -245,17 +265,8 @@ class AutoICEEvaluator:
 
     def _merge_parts(self, world: int) -> None:
         """Rank 0: copy every rank's ``<submission>.part<r>`` into the submission file, then delete them."""
-        h5py = require_h5py()
         parts = [self.submission.with_name(f"{self.submission.name}.part{r}") for r in range(world)]
-        with NetCDFWriter(self.submission) as w:
-            for p in parts:
-                if p.is_file():
-                    with h5py.File(p, "r") as fh:
-                        for k, ds in fh.items():
-                            if ds.ndim == 2:
-                                scene, chart = k.rsplit("_", 1)
-                                write_submission_chart(w, scene, chart, ds[()])
-                    p.unlink()
+        merge_submissions(self.submission, [p for p in parts if p.is_file()], delete=True)
 
     def table(self, metrics: dict) -> str:
         """One line per chart score plus combined scores and the validation loss."""
