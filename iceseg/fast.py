@@ -9,17 +9,20 @@ model for every model family. A path is applied by swapping a module's class for
 ``forward`` (or one method of it) differs, so ``optimize`` works on any model built from ``iceseg.models``
 and can be left out (``optimize(model, linear=False, ...)`` or not calling it at all).
 
-- ``linear``: CPU fp32 ``nn.Linear`` layers of the Swin backbone run on oneDNN as a 1x1 convolution over a
-  channels-last view when there are at least 256 tokens (the same products, summed in another order,
-  ~1e-6 relative): oneDNN's fp32 kernels outrun the sgemm behind ``F.linear`` on the CPUs measured, and
-  fewer tokens do not pay for its per-call weight reorder. Elsewhere (CUDA, other dtypes,
-  ``torch.backends.mkldnn.enabled = False``) exactly ``F.linear``.
+- ``linear``: in inference (no gradient recorded), CPU fp32 ``nn.Linear`` layers of the Swin backbone run on
+  oneDNN as a 1x1 convolution over a channels-last view when there are at least 256 tokens (the same
+  products, summed in another order, ~1e-6 relative): oneDNN's fp32 forward outruns the sgemm behind
+  ``F.linear`` on the CPUs measured, and fewer tokens do not pay for its per-call weight reorder. With
+  gradients the conv's backward did not win on every CPU measured, so training keeps ``F.linear``; so do
+  CUDA, other dtypes and ``torch.backends.mkldnn.enabled = False``.
 - ``attention``: Swin window attention adds the relative-position bias and the shift mask to the logits
   in place (mmseg's order), so no second ``(B*nW, nH, N, N)`` buffer exists.
-- ``recompute_act``: in training, the Swin MLP's GELU (and dropout, same RNG) is recomputed in backward
-  instead of being kept for fc2's weight gradient (torch selective activation checkpointing that keeps
-  the matrix products); bit-identical gradients, one GELU more per block. Not applied to a backbone with
-  ``with_cp`` (whole blocks are recomputed there).
+- ``recompute_act``: in training, the GELU (and dropout, same RNG) of Swin MLPs at least ``recompute_min_dim``
+  wide is recomputed in backward instead of being kept for fc2's weight gradient (torch selective activation
+  checkpointing that keeps the matrix products); bit-identical gradients, one GELU more per such block. The
+  wide stages hold most of the GELU outputs (Swin-L: 18 of 24 blocks at 768 channels) while their GELU is
+  the cheapest next to their products. Not applied to a backbone with ``with_cp`` (whole blocks are
+  recomputed there).
 - ``fpn_bottleneck``: UPerHead's 3x3 conv over the concatenated levels runs as the sum of its per-level
   weight slices (a conv is linear in its input channels), so the ``(B, P*C, H, W)`` concat never exists.
 - :func:`fuse_conv_bn` (inference): BatchNorm folded into the conv before it.
@@ -41,13 +44,15 @@ from iceseg.models.uper import ConvModule, UPerHead, resize
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` ``(..., C_in)`` -> ``(..., C_out)``, on CPU fp32 with >= 256 tokens as a oneDNN 1x1 conv.
+    """``F.linear`` ``(..., C_in)`` -> ``(..., C_out)``; without autograd, on CPU fp32 with >= 256 tokens, a
+    oneDNN 1x1 conv.
 
     The conv runs over a channels-last ``(1, C_in, L, 1)`` view of the ``L`` tokens; the result equals
-    ``F.linear`` to fp32 summation order. Any other case is ``F.linear`` itself.
+    ``F.linear`` to fp32 summation order. Any other case (gradients recorded included) is ``F.linear`` itself.
     """
-    if not (x.is_cpu and x.dtype == torch.float32 and x.numel() >= 256 * x.shape[-1] > 0
-            and torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()):
+    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    if grad or not (x.is_cpu and x.dtype == torch.float32 and x.numel() >= 256 * x.shape[-1] > 0
+                    and torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()):
         return F.linear(x, weight, bias)
     lead = x.shape[:-1]
     x = x.reshape(1, -1, 1, x.shape[-1]).permute(0, 3, 1, 2)  # (1, C_in, L, 1): channels-last view
@@ -118,12 +123,14 @@ def _sliced(cls: type) -> type:
 
 
 def optimize(model: nn.Module, linear: bool = True, attention: bool = True, recompute_act: bool = True,
-             fpn_bottleneck: bool = True) -> nn.Module:
+             fpn_bottleneck: bool = True, recompute_min_dim: int = 768) -> nn.Module:
     """Apply the fast paths of this module to ``model`` in place (class swaps; parameters untouched).
 
     Args:
         model: any module built from ``iceseg.models`` (or containing such modules).
         linear, attention, recompute_act, fpn_bottleneck: which paths to apply (module docstring).
+        recompute_min_dim: ``recompute_act`` applies to MLPs whose input has at least this many channels
+            (0: every MLP).
 
     Returns:
         ``model``; a second call changes nothing.
@@ -134,7 +141,8 @@ def optimize(model: nn.Module, linear: bool = True, attention: bool = True, reco
                 m.__class__ = OneDNNLinear
             elif attention and type(m) is WindowAttention:
                 m.__class__ = InPlaceWindowAttention
-            elif recompute_act and type(m) is Mlp and not swin.config.with_cp:
+            elif (recompute_act and type(m) is Mlp and not swin.config.with_cp
+                  and m.fc1.in_features >= recompute_min_dim):
                 m.__class__ = RecomputeMlp
     if fpn_bottleneck:
         for m in model.modules():

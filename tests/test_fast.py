@@ -30,7 +30,7 @@ def test_optimized_model_equals_the_reference_model(name):
     cfg = configs.get_config(name)
     torch.manual_seed(0)
     ref = build_model(cfg)
-    fast = optimize(copy.deepcopy(ref))
+    fast = optimize(copy.deepcopy(ref), recompute_min_dim=0)  # debug widths are below the default cut-off
     assert fast.state_dict().keys() == ref.state_dict().keys()
     if name.startswith(("icesegnet", "knet")):  # Swin backbone and a UPerHead: every path applies
         kinds = {type(m).__name__ for m in fast.modules()}
@@ -63,34 +63,43 @@ def test_optimize_is_idempotent_and_switchable():
     plain = optimize(build_model(cfg), linear=False, attention=False, recompute_act=False, fpn_bottleneck=False)
     assert not {"OneDNNLinear", "InPlaceWindowAttention", "RecomputeMlp"} & {type(m).__name__ for m in plain.modules()}
     assert isinstance(next(m for m in model.modules() if isinstance(m, InPlaceWindowAttention)), InPlaceWindowAttention)
+    from iceseg.models.swin import SwinTransformer, swin_large
+    swin = optimize(SwinTransformer(swin_large()))  # recompute_act on the MLPs of >= 768 channels only
+    wide = {m.fc1.in_features for m in swin.modules() if isinstance(m, RecomputeMlp)}
+    narrow = {m.fc1.in_features for m in swin.modules() if type(m).__name__ == "Mlp"}
+    assert wide == {768, 1536} and narrow == {192, 384}
 
 
 @pytest.mark.filterwarnings("ignore:TF32 acceleration")  # emitted by mkldnn.flags() on CPU builds
 @pytest.mark.parametrize("bias", [True, False])
 def test_onednn_linear_matches_f_linear_forward_and_backward(bias):
-    """The CPU fast path (1x1 conv on oneDNN) against F.linear: values and gradients; exact fallback when off."""
+    """The CPU fast path (1x1 conv on oneDNN) against F.linear in inference; F.linear itself (values and
+    gradients bit for bit) when autograd records, when oneDNN is off and under 256 tokens."""
     torch.manual_seed(0)
     layer = OneDNNLinear(24, 40, bias=bias)
-    x = torch.randn(2, 16, 9, 24, requires_grad=True)  # 288 tokens: the oneDNN path (>= 256)
-    y = layer(x)
-    ref_x = x.detach().clone().requires_grad_(True)
-    ref = torch.nn.functional.linear(ref_x, layer.weight, layer.bias)
+    x = torch.randn(2, 16, 9, 24, requires_grad=True)  # 288 tokens: the oneDNN path (>= 256) in inference
+    with torch.no_grad():
+        y = layer(x)
+        ref = torch.nn.functional.linear(x, layer.weight, layer.bias)
     assert y.shape == ref.shape == (2, 16, 9, 40) and y.is_contiguous()
     torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    y, ref_x = layer(x), x.detach().clone().requires_grad_(True)
+    ref = torch.nn.functional.linear(ref_x, layer.weight, layer.bias)
     g = torch.randn_like(y)
     grads = torch.autograd.grad(y, [x, *layer.parameters()], g)
     ref_grads = torch.autograd.grad(ref, [ref_x, *layer.parameters()], g)
-    for a, b in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+    assert torch.equal(y, ref) and all(torch.equal(a, b) for a, b in zip(grads, ref_grads, strict=True))
     with torch.backends.mkldnn.flags(enabled=False), torch.no_grad():  # the switch gives F.linear exactly
         assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
     with torch.no_grad():  # and so do fewer than 256 tokens
         assert torch.equal(layer(x[:, :2]), torch.nn.functional.linear(x[:, :2], layer.weight, layer.bias))
-    if torch.backends.mkldnn.is_available():  # the fast path really ran: a convolution, no BLAS matmul
-        with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            layer(x)
-        ops = {e.name for e in prof.events()}
-        assert "aten::convolution" in ops and not ops & {"aten::addmm", "aten::mm", "aten::linear"}, ops
+    if torch.backends.mkldnn.is_available():  # the fast path really ran in inference only: a convolution, no matmul
+        for grad_mode, want in ((False, "aten::convolution"), (True, "aten::linear")):
+            with torch.set_grad_enabled(grad_mode), torch.profiler.profile(
+                    activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                layer(x)
+            ops = {e.name for e in prof.events()}
+            assert want in ops and ("aten::convolution" in ops) == (not grad_mode), ops
 
 
 
