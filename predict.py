@@ -55,8 +55,8 @@ from iceseg.autoice.data import (
 from iceseg.autoice.evaluate import (
     AUTOICE_MASKED_RGB,
     AUTOICE_PALETTES,
-    AUTOICE_TASKS,
     StackedTasks,
+    autoice_tasks,
     task_values,
     to_charts,
 )
@@ -320,9 +320,10 @@ def autoice_coverage(path: Path, raster, counts: dict, tasks: dict) -> dict:
 
     classes = []
     for c in CHARTS:
-        names = CHART_CLASS_NAMES[c] if tasks[c] == 1 else CHART_CLASS_NAMES[c] + ["mask slot"] * 8
+        names = CHART_CLASS_NAMES[c]
         for i in range(11 if tasks[c] == 1 else tasks[c]):
-            classes.append({"name": f"{c} {names[i]}", "chart": c, "index": i, **entry(int(counts[c][i]))})
+            label = names[i] if i < len(names) else "mask slot"  # the seed's extra output
+            classes.append({"name": f"{c} {label}", "chart": c, "index": i, **entry(int(counts[c][i]))})
     sic = counts["SIC"][:11].astype(np.float64)
     weighted = float((sic * np.arange(11) / 10).sum())  # pixels x concentration
     return {"file": str(path), "height": H, "width": W, "valid_pixels": valid, "nodata_pixels": H * W - valid,
@@ -339,10 +340,9 @@ def predict_autoice_scene(path: Path, args, cfg, predictor, out: Path, log) -> d
     classes (SIC rounded and clipped to 0..10) and replicated back to the 80 m grid one band of rows at a time,
     as the AutoICE evaluator writes its submission; masked (HH = 0) pixels are 255.
     """
-    tasks = {t: int(k) for t, k in dict(getattr(cfg.model.arch, "tasks", AUTOICE_TASKS)).items()}
-    f = int(cfg.data.kwargs.get("downsample", 1))
+    tasks = autoice_tasks(cfg)
     raster = open_scene(path, cfg, args)
-    name, H, W = raster.scene.name, raster.scene.H, raster.scene.W
+    name, H, W, f = raster.scene.name, raster.scene.H, raster.scene.W, raster.scene.f
     ff = max(1, math.ceil(max(H, W) / args.preview))
     previews = {c: np.full((-(-H // ff), -(-W // ff)), MASK, np.uint8) for c in CHARTS}
     counts = {c: np.zeros(256, np.int64) for c in CHARTS}
@@ -357,12 +357,12 @@ def predict_autoice_scene(path: Path, args, cfg, predictor, out: Path, log) -> d
                 rows = np.arange(r0, r1) // f - y0
                 ok = valid[rows][:, cols]  # (r1 - r0, W)
                 values = to_charts(task_values(logits, tasks), tasks) if valid.any() else None
+                keep = np.arange(-(-r0 // ff) * ff, r1, ff)  # 80 m rows of the previews
                 for c in CHARTS:
                     block = np.where(ok, values[c][rows][:, cols], MASK).astype(np.uint8) if values else \
                         np.full(ok.shape, MASK, np.uint8)
                     charts[c][r0:r1] = block
                     counts[c] += np.bincount(block.ravel(), minlength=256)
-                    keep = np.arange(-(-r0 // ff) * ff, r1, ff)
                     previews[c][keep // ff] = block[keep - r0][:, ::ff]
                 progress.tick()
         os.replace(tmp, out / f"{name}_charts.nc")
@@ -452,7 +452,7 @@ def main() -> None:
         dist.print0(f"note: eval.resize {tuple(E.resize)} resizes whole {cfg.data.dataset} images in test.py; "
                     "predict.py runs at the scene's own pixel size")
     if autoice:
-        model = StackedTasks(model, getattr(cfg.model.arch, "tasks", AUTOICE_TASKS))
+        model = StackedTasks(model, autoice_tasks(cfg))
     predictor = TiledPredictor(model, E.crop_size, E.stride, E.size_divisor, args.blend or E.blend, args.batch_size,
                                build_transforms(D.test_pipeline), device, autocast_dtype(args.amp, device),
                                cfg.train.channels_last)

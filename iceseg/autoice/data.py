@@ -215,6 +215,8 @@ class Scene:
                 if fh[v].shape != (TIE_POINTS, TIE_POINTS):
                     raise ValueError(f"{self.path}: {v} has shape {fh[v].shape}, expected the "
                                      f"{TIE_POINTS}x{TIE_POINTS} tie-point grid")
+            spacing = fh.attrs.get("pixel_spacing")
+            self.pixel_spacing = float(spacing) if spacing is not None and float(spacing) > 0 else None
             self.h2, self.w2 = fh[LOWRES_VARS[0]].shape if fh[LOWRES_VARS[0]].ndim == 2 else (0, 0)
             ok = [math.floor(n / LOWRES_FACTOR) <= m <= math.ceil(n / LOWRES_FACTOR)
                   for n, m in ((self.H, self.h2), (self.W, self.w2))]
@@ -299,9 +301,7 @@ class SceneRaster(Raster):
     def __init__(self, path: str | Path, downsample: int = 1):
         self.scene = Scene(path, downsample, need_labels=False)
         super().__init__(Path(path), *self.scene.size, len(CHANNELS), np.float32)
-        with open_nc(self.path) as fh:
-            spacing = fh.attrs.get("pixel_spacing")
-        self.pixel_spacing = float(spacing) if spacing is not None and float(spacing) > 0 else None
+        self.pixel_spacing = self.scene.pixel_spacing
         self.nodata, self.nodata_source = 0.0, "HH = 0 (the ready-to-train mask value)"
 
     def _read(self, y, x, h, w):

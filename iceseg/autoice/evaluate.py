@@ -40,6 +40,11 @@ AUTOICE_PALETTES = {  # RGB per class; masked reference pixels are drawn AUTOICE
 AUTOICE_MASKED_RGB = (40, 40, 40)
 
 
+def autoice_tasks(cfg) -> dict:
+    """``{task: outputs}`` of the config's model (``model.arch.tasks``; the seed's heads by default)."""
+    return {t: int(k) for t, k in dict(getattr(cfg.model.arch, "tasks", AUTOICE_TASKS)).items()}
+
+
 def task_values(block: torch.Tensor, tasks: dict) -> dict:
     """``(sum K, n, w)`` stacked task outputs (``tasks`` order) -> ``{task: (n, w)}``: the SIC value of a
     one-output head (float), else the argmax class (uint8; the seed's SOD/FLOE mask slot included)."""
@@ -109,7 +114,7 @@ class AutoICEEvaluator:
     """
 
     def __init__(self, cfg, device: torch.device):
-        self.tasks = {t: int(k) for t, k in dict(getattr(cfg.model.arch, "tasks", AUTOICE_TASKS)).items()}
+        self.tasks = autoice_tasks(cfg)
         if not {"SIC", "SOD", "FLOE"} <= set(self.tasks):
             raise ValueError(f"AutoICE evaluator needs tasks SIC, SOD and FLOE, got {list(self.tasks)}")
         E = cfg.eval
@@ -220,7 +225,8 @@ class AutoICEEvaluator:
     def _charts(self, maps: dict, size: tuple) -> dict:
         """Input-grid maps -> ``{chart: (H, W) uint8}`` at 80 m (SIC rounded and clipped to 0..10)."""
         ri, ci = np.arange(size[0]) // self.f, np.arange(size[1]) // self.f
-        return {t: v[np.ix_(ri, ci)] for t, v in to_charts(maps, self.tasks).items()}
+        charts = to_charts({t: maps[t] for t in ("SIC", "SOD", "FLOE")}, self.tasks)
+        return {t: v[np.ix_(ri, ci)] for t, v in charts.items()}
 
     def _draw(self, show_dir: Path, name: str, charts: dict, labels: dict) -> None:
         show_dir.mkdir(parents=True, exist_ok=True)
