@@ -12,7 +12,10 @@ float promotion), and an unknown key fails with the closest valid names.
 import ast
 import dataclasses
 import difflib
+import inspect
 import json
+import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -41,6 +44,7 @@ class DataConfig:
     group_split: bool = False  # Glacier: split by tile id (drops `_aug_<i>` suffixes) to avoid leakage
     synthetic: str = ""  # "river_ice", "glacier" or "autoice": generate a synthetic dataset under root when absent
     kwargs: dict = field(default_factory=dict)  # dataset-specific options (AutoICE: patch_size px, downsample, ...)
+    check: str = "headers"  # start-up scan of every file: "headers" (sizes, bands, truncation), "full" (decode all), "none"
 
 
 # --------------------------------------------------------------------------- model families (model.arch)
@@ -162,6 +166,7 @@ class TrainConfig:
     max_epochs: int = 0  # > 0: epoch-based run, val_interval/ckpt_interval count epochs
     val_interval: int = 500  # iterations (or epochs) between evaluations
     ckpt_interval: int = 500  # iterations (or epochs) between last.pt saves
+    keep_last: int = 0  # also keep the last k saves as iter_<n>.pt (hard links; oldest removed after the new one)
     log_interval: int = 10  # iterations between progress lines
     accum_steps: int = 1  # gradient accumulation micro-steps per optimizer step
     amp: str = "none"  # "none", "bf16" or "fp16" (fp16 uses a GradScaler)
@@ -236,6 +241,141 @@ def list_configs() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def describe(name: str) -> str:
+    """First paragraph of the named config's docstring on one line (``--list-configs``); KeyError if unknown."""
+    return " ".join((_REGISTRY[name].__doc__ or "").strip().split("\n\n")[0].split())
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """``{field: trailing comment}`` of a dataclass, read from its source (the comment is the field's doc)."""
+    comments = {}
+    for klass in reversed(cls.__mro__):  # a subclass's comment overrides its base's
+        if dataclasses.is_dataclass(klass):
+            for line in inspect.getsource(klass).splitlines():
+                if m := re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*)$", line):
+                    comments[m.group(1)] = m.group(2)
+    return comments
+
+
+def format_config(cfg: Config) -> str:
+    """Every field of ``cfg`` as ``section.key = value  # comment`` lines, in declaration order
+    (``train.py --print-config NAME``); the dotted names are the override keys."""
+    lines = []
+
+    def walk(obj, prefix: str) -> None:
+        comments = _field_comments(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                lines.append(f"[{prefix}{f.name}]" + (f"  {type(value).__name__}" if prefix else ""))
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                note = f"  # {comments[f.name]}" if f.name in comments else ""
+                lines.append(f"{prefix}{f.name} = {value!r}{note}")
+
+    walk(cfg, "")
+    return "\n".join(lines)
+
+
+def usage(prog: str) -> str:
+    """``--help`` text of ``train.py``/``test.py``-style scripts: the options and every section's keys."""
+    lines = [f"usage: {prog} --config NAME [--section.key=value ...]",
+             f"       {prog} --list-configs | --print-config NAME [--section.key=value ...]", "",
+             "Overrides are Python literals, type-checked against the config (--optim.lr=2e-4,",
+             "--eval.crop_size=[512,512]); --print-config shows every key with its value and meaning.", "",
+             "sections and their keys:"]
+    for f in dataclasses.fields(Config):
+        if f.name != "name":
+            keys = [k.name for k in dataclasses.fields(f.default_factory())]
+            lines.append(f"  --{f.name}.KEY".ljust(18) + " ".join(keys + (["arch.*"] if f.name == "model" else [])))
+    return "\n".join(lines)
+
+
+def from_argv(argv: list[str], prog: str) -> tuple[Config, list[str]]:
+    """The config a script's command line names: ``--config NAME`` plus ``--section.key=value`` overrides.
+
+    ``-h``/``--help``, ``--list-configs`` (one line per config) and ``--print-config NAME`` print and exit 0;
+    a bad name, key, type or range exits 2 with one ``error:`` line.
+
+    Returns:
+        ``(config, applied overrides as "key=value" strings)``.
+    """
+    if not argv or {"-h", "--help"} & set(argv):
+        print(usage(prog))
+        sys.exit(0 if argv else 2)
+    if "--list-configs" in argv:
+        width = max(map(len, list_configs()))
+        print("\n".join(f"{n.ljust(width)}  {describe(n)}" for n in list_configs()))
+        sys.exit(0)
+    flag = "--print-config" if "--print-config" in argv else "--config"
+    i = argv.index(flag) if flag in argv else -1
+    if i < 0 or i + 1 >= len(argv):
+        print(f"error: {prog} needs --config NAME (see --list-configs, --help)", file=sys.stderr)
+        sys.exit(2)
+    try:
+        cfg = get_config(argv[i + 1])
+        applied = apply_overrides(cfg, argv[:i] + argv[i + 2:])
+    except (KeyError, TypeError, ValueError) as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        sys.exit(2)
+    if flag == "--print-config":
+        print(format_config(cfg))
+        sys.exit(0)
+    return cfg, applied
+
+
+def _check(ok: bool, key: str, value, rule: str) -> None:
+    if not ok:
+        raise ValueError(f"--{key}={value!r}: {rule}")
+
+
+CHOICES = {"train.amp": ("none", "bf16", "fp16"), "train.best_mode": ("max", "min"),
+           "train.early_stop_mode": ("", "max", "min"), "eval.tta_scale_base": ("original", "resized"),
+           "optim.name": ("adamw", "adam", "sgd"), "schedule.name": ("constant", "cosine", "poly", "plateau"),
+           "schedule.plateau_mode": ("", "max", "min"), "train.device": ("auto", "cpu", "cuda"),
+           "data.check": ("headers", "full", "none"), "eval.mode": ("whole", "slide"), "eval.blend": ("hann", "mean")}
+
+
+def validate(cfg: Config) -> None:
+    """Range checks across sections, one line naming the key (:func:`apply_overrides` runs them).
+
+    Raises:
+        ValueError: ``--section.key=value: rule`` for the first value outside its range.
+    """
+    D, O, S, T, E = cfg.data, cfg.optim, cfg.schedule, cfg.train, cfg.eval
+    for key, valid in CHOICES.items():  # string options outside a registry: a typo must not pass silently
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        _check(value in valid, key, value, f"must be one of {', '.join(map(repr, valid))}")
+    for key, v in (("data.batch_size", D.batch_size), ("data.num_classes", D.num_classes),
+                   ("data.in_channels", D.in_channels), ("model.num_classes", cfg.model.num_classes),
+                   ("train.val_interval", T.val_interval), ("train.ckpt_interval", T.ckpt_interval),
+                   ("train.log_interval", T.log_interval), ("train.accum_steps", T.accum_steps),
+                   ("train.nonfinite_patience", T.nonfinite_patience), ("eval.size_divisor", E.size_divisor)):
+        _check(v >= 1, key, v, "must be a positive integer")
+    for key, v in (("data.num_workers", D.num_workers), ("optim.lr", O.lr), ("optim.weight_decay", O.weight_decay),
+                   ("optim.clip_grad", O.clip_grad), ("schedule.warmup_iters", S.warmup_iters),
+                   ("schedule.min_lr", S.min_lr), ("schedule.t_max", S.t_max), ("train.max_epochs", T.max_epochs),
+                   ("train.keep_last", T.keep_last),
+                   ("schedule.plateau_patience", S.plateau_patience), ("train.early_stop_patience",
+                                                                       T.early_stop_patience)):
+        _check(v >= 0, key, v, "must be >= 0")
+    _check(T.max_epochs > 0 or T.max_iters >= 1, "train.max_iters", T.max_iters,
+           "must be >= 1 (or set train.max_epochs)")
+    _check(T.dist_timeout_min > 0, "train.dist_timeout_min", T.dist_timeout_min, "must be > 0")
+    _check(O.eps > 0 and len(O.betas) == 2 and all(0 <= b < 1 for b in O.betas), "optim.betas", O.betas,
+           "betas must be two numbers in [0, 1) and optim.eps > 0")
+    _check(0 < S.plateau_factor < 1, "schedule.plateau_factor", S.plateau_factor, "must be in (0, 1)")
+    _check(0 <= D.val_fraction < 1, "data.val_fraction", D.val_fraction, "must be in [0, 1)")
+    for key, v in (("eval.crop_size", E.crop_size), ("eval.stride", E.stride)):
+        _check(len(v) == 2 and all(isinstance(n, int) and n >= 1 for n in v), key, v, "must be two positive integers")
+    _check(E.mode != "slide" or all(s <= c for s, c in zip(E.stride, E.crop_size, strict=True)), "eval.stride",
+           E.stride,
+           f"is larger than eval.crop_size {tuple(E.crop_size)}: pixels between windows would get no prediction")
+    _check(bool(E.tta_scales) and all(s > 0 for s in E.tta_scales), "eval.tta_scales", E.tta_scales,
+           "must be positive numbers")
+
+
 def get_config(name: str) -> Config:
     """Build the named config. Raises KeyError listing the valid names and close matches."""
     if name not in _REGISTRY:
@@ -269,7 +409,7 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
 
 
 def apply_overrides(cfg: Config, args: list[str]) -> list[str]:
-    """Apply ``--a.b=value`` overrides in place and return them as ``a.b=value`` strings.
+    """Apply ``--a.b=value`` overrides in place, run :func:`validate`, and return them as ``a.b=value`` strings.
 
     Dotted paths walk dataclass fields and existing dict keys (``--model.arch.num_heads=[8,8,8]``,
     ``--data.kwargs.patch_size=512``).
@@ -278,6 +418,7 @@ def apply_overrides(cfg: Config, args: list[str]) -> list[str]:
         ValueError: malformed argument.
         KeyError: unknown key (the message lists close matches and the valid keys).
         TypeError: the value's type does not match the current value's.
+        ValueError: a value out of range (:func:`validate`), naming the key.
     """
     applied = []
     for arg in args:
@@ -305,6 +446,7 @@ def apply_overrides(cfg: Config, args: list[str]) -> list[str]:
         else:
             setattr(obj, last, value)
         applied.append(f"{path}={value!r}")
+    validate(cfg)
     return applied
 
 
@@ -390,7 +532,7 @@ def unetpp_glacier() -> Config:
 
 @register
 def unetpp_glacier_debug() -> Config:
-    """Tiny U-Net++ glacier run on generated 64x64 5-band rasters (seconds on a CPU)."""
+    """Tiny U-Net++ glacier run on synthetic 64x64 5-band rasters generated on first use (seconds on a CPU)."""
     cfg = unetpp_glacier()
     cfg.data.root = "work_dirs/unetpp_glacier_debug/data"
     cfg.data.synthetic = "glacier"
@@ -635,7 +777,8 @@ def icesegnet_yrcc2_lossd() -> Config:
 
 @register
 def unetpp_loveda_debug() -> Config:
-    """Tiny U-Net++ on the three real LoveDA tiles beside the checkout, shrunk to 64 px (seconds on a CPU)."""
+    """Tiny U-Net++ on the three real LoveDA tiles in ../shared/data, shrunk to 64 px: trains and validates on
+    the same 3 tiles (a smoke test of the pipeline, not a score; seconds on a CPU)."""
     cfg = unetpp_loveda()
     cfg.data.root, cfg.data.batch_size, cfg.data.num_workers = "../shared/data/loveda_samples", 2, 0
     cfg.data.train_pipeline = [{"type": "Resize", "scale": (64, 64)}, *cfg.data.train_pipeline[2:]]

@@ -53,15 +53,14 @@ from iceseg.autoice.data import (
     write_submission_chart,
 )
 from iceseg.autoice.evaluate import (
-    AUTOICE_MASKED_RGB,
-    AUTOICE_PALETTES,
     StackedTasks,
     autoice_tasks,
+    chart_picture,
     task_values,
     to_charts,
 )
 from iceseg.checkpoint import load_checkpoint, unwrap_state_dict
-from iceseg.evaluation import colourise, default_palette
+from iceseg.evaluation import colourise, default_palette, with_legend
 from iceseg.inference import autocast_dtype
 from iceseg.scene import (
     OUT_NODATA,
@@ -294,9 +293,12 @@ def predict_scene(path: Path, args, cfg, predictor, out: Path, log) -> dict:
     colour[~ok] = 0
     base = stretch(preview_img[..., :3] if preview_img.shape[-1] >= 3 else np.repeat(preview_img[..., :1], 3, -1), ok)
     overlay = np.where(ok[..., None], (0.5 * base + 0.5 * colour).astype(np.uint8), base)
+    shown = ", ".join(map(str, rgb_bands)) + (" (grey)" if len(rgb_bands) == 1 else "")
+    nodata = "; black: nodata" if not ok.all() else ""
     for name, arr in (("pred", colour), ("overlay", overlay)):
+        note = (f"image bands {shown} as RGB, each stretched{nodata}" if name == "overlay" else nodata[2:])
         buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="PNG")
+        Image.fromarray(with_legend(arr, names, palette[:len(names)], note)).save(buf, format="PNG")
         atomic_write(out / f"{stem}_{name}.png", buf.getvalue())
     rec = coverage(path, raster, counts[:K], names, list(cfg.eval.ice_classes), list(cfg.eval.river_classes))
     atomic_write(out / f"{stem}_coverage.json", json.dumps(rec, indent=2, allow_nan=False).encode())
@@ -370,8 +372,7 @@ def predict_autoice_scene(path: Path, args, cfg, predictor, out: Path, log) -> d
         raster.close()
         tmp.unlink(missing_ok=True)
     for c, img in previews.items():
-        rgb = colourise(img, np.array(AUTOICE_PALETTES[c], np.uint8))
-        rgb[img == MASK] = AUTOICE_MASKED_RGB
+        rgb = chart_picture(c, img)
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, format="PNG")
         atomic_write(out / f"{name}_{c}.png", buf.getvalue())
@@ -447,7 +448,8 @@ def main() -> None:
                          f"{len(problems)} of {len(scenes)} scenes cannot be read:\n  " + "\n  ".join(problems))
 
     rank, world, device = dist.init_distributed(cfg.train.device)
-    model = build_inference_model(cfg, unwrap_state_dict(ckpt), device)
+    model = build_inference_model(cfg, unwrap_state_dict(ckpt), device, str(args.checkpoint),
+                                  ckpt.get("config"))
     if E.resize:
         dist.print0(f"note: eval.resize {tuple(E.resize)} resizes whole {cfg.data.dataset} images in test.py; "
                     "predict.py runs at the scene's own pixel size")

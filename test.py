@@ -6,7 +6,9 @@
 
 Options: ``--split NAME`` (default the config's val split), ``--mode whole|slide``, ``--tta``
 (the config's ``eval.tta_scales`` x (identity + ``eval.tta_flips``), probabilities averaged), ``--show-dir DIR``
-(colour predictions and overlays), ``--out FILE`` (default ``<work_dir>/metrics.json``), plus
+(colour predictions and overlays, with a legend), ``--out FILE`` (default ``<work_dir>/metrics.json``; a run
+with ``--tta``, ``--mode`` or another ``--split`` writes ``metrics_<split>_<mode>_tta.json`` with only the parts
+that differ, so runs never overwrite each other; strict JSON, ``null`` for undefined scores), plus
 the same ``--section.key=value`` overrides as train.py.
 """
 
@@ -24,9 +26,18 @@ import configs
 from iceseg import dist
 from iceseg.checkpoint import load_checkpoint, unwrap_state_dict
 from iceseg.data import build_dataset
-from iceseg.evaluation import build_evaluator, to_device
+from iceseg.evaluation import build_evaluator, json_safe, to_device
 from iceseg.inference import autocast_dtype
 from iceseg.segmentor import build_inference_model
+
+
+def metrics_name(split: str, val_split: str, args) -> str:
+    """Default metrics file of a run: ``metrics.json`` for the config's own evaluation (validation split, its
+    mode, no TTA), else the differences in the name, e.g. ``metrics_test_slide_tta.json``."""
+    parts = [split] if split != val_split else []
+    parts += [args.mode] if args.mode else []
+    parts += ["tta"] if args.tta else []
+    return "_".join(["metrics", *parts]) + ".json"
 
 
 def main() -> None:
@@ -51,7 +62,8 @@ def main() -> None:
         dist.print0(f"note: validation in train.py ran with {ckpt['threads']} CPU thread(s) per process, this run with "
                     f"{torch.get_num_threads()}: scores may differ in the last digits (OMP_NUM_THREADS="
                     f"{ckpt['threads']} reproduces them exactly)")
-    model = build_inference_model(cfg, unwrap_state_dict(ckpt), device)  # fast paths and folded BN, as validation
+    model = build_inference_model(cfg, unwrap_state_dict(ckpt), device, str(args.checkpoint),
+                                  ckpt.get("config"))  # fast paths and folded BN, as validation
     if cfg.train.compile:
         model = torch.compile(model)
 
@@ -79,11 +91,11 @@ def main() -> None:
         views = len(E.tta_scales) * (1 + len(E.tta_flips))
         print(f"{len(dataset)} images of split {split!r} in {elapsed:.1f} s ({E.mode} inference"
               f"{f', TTA {views} views' if args.tta else ''}), peak memory {peak_gib:.2f} GiB")
-        out = Path(args.out) if args.out else Path(cfg.train.work_dir) / "metrics.json"
+        out = Path(args.out) if args.out else Path(cfg.train.work_dir) / metrics_name(split, D.val_split, args)
         out.parent.mkdir(parents=True, exist_ok=True)
         result = {"config": cfg.name, "checkpoint": str(args.checkpoint), "split": split, "mode": E.mode,
                   "tta": args.tta, "peak_mem_gib": peak_gib, **metrics}
-        out.write_text(json.dumps(result, indent=2))
+        out.write_text(json.dumps(json_safe(result), indent=2, allow_nan=False))  # strict JSON: null, never NaN
         print(f"metrics written to {out}" + (f"; predictions in {show_dir}" if show_dir else ""))
     dist.barrier()
     dist.cleanup()

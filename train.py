@@ -1,6 +1,7 @@
 """Train a segmentation model from a named config. One script, read top to bottom.
 
-    python train.py --list-configs
+    python train.py --list-configs                                  # one line per config; --help lists the keys
+    python train.py --print-config icesegnet_yrcc2                  # every key with its value and meaning
     python train.py --config demo                                   # one process (CPU or one GPU)
     torchrun --standalone --nproc_per_node=2 train.py --config unetpp_glacier_debug
     torchrun --standalone --nproc_per_node=8 train.py --config unetpp_glacier --optim.lr=2e-4 --train.amp=bf16
@@ -32,46 +33,44 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 
 import configs
 import iceseg
 from iceseg import dist
-from iceseg.checkpoint import load_checkpoint, prev_path, rng_state, save_checkpoint, set_rng_state
-from iceseg.data import build_dataset, prepare_data
-from iceseg.evaluation import build_evaluator, to_device
+from iceseg.checkpoint import (
+    check_resume,
+    load_checkpoint,
+    load_model_state,
+    prev_path,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    snapshot,
+)
+from iceseg.data import (
+    ResumableSampler,
+    build_dataset,
+    check_dataset,
+    loader_error,
+    prepare_data,
+    skip_bad_samples,
+)
+from iceseg.evaluation import build_evaluator, json_safe, to_device
 from iceseg.fast import fuse_conv_bn, optimize
 from iceseg.inference import autocast_dtype
 from iceseg.schedule import EarlyStopping, Plateau, improved
 from iceseg.segmentor import build_model, convert_sync_batchnorm, param_groups
 
 # ----------------------------------------------------------------------------- config
-if "--list-configs" in sys.argv:
-    print("\n".join(configs.list_configs()))
-    sys.exit(0)
-if "--config" not in sys.argv[1:-1]:
-    sys.exit("usage: train.py --config NAME [--section.key=value ...]   (see --list-configs)")
-_i = sys.argv.index("--config")
-try:
-    cfg = configs.get_config(sys.argv[_i + 1])
-    overrides = configs.apply_overrides(cfg, sys.argv[1:_i] + sys.argv[_i + 2:])
-except (KeyError, TypeError, ValueError) as e:
-    sys.exit(f"error: {e.args[0]}")
+cfg, overrides = configs.from_argv(sys.argv[1:], "train.py")  # --help, --list-configs, --print-config exit here
 T, D, O, S = cfg.train, cfg.data, cfg.optim, cfg.schedule
-CHOICES = {"train.amp": ("none", "bf16", "fp16"), "train.best_mode": ("max", "min"),
-           "train.early_stop_mode": ("", "max", "min"), "eval.tta_scale_base": ("original", "resized"),
-           "optim.name": ("adamw", "adam", "sgd"), "schedule.name": ("constant", "cosine", "poly", "plateau"),
-           "schedule.plateau_mode": ("", "max", "min"), "train.device": ("auto", "cpu", "cuda")}
-for key, valid in CHOICES.items():  # string options outside a registry: a typo must not pass silently
-    section, name = key.split(".")
-    if (value := getattr(getattr(cfg, section), name)) not in valid:
-        sys.exit(f"error: --{key} must be one of {', '.join(map(repr, valid))}, not {value!r}")
 
 # ----------------------------------------------------------------------------- distributed
 if T.deterministic:  # must precede the first cuBLAS call; deterministic cuBLAS needs a fixed workspace
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 rank, world, device = dist.init_distributed(T.device, T.dist_timeout_min)
-print0 = dist.print0
+print0, fail = dist.print0, dist.fail
 for o in overrides:
     print0(f"override: {o}")
 torch.manual_seed(T.seed + rank)
@@ -108,10 +107,10 @@ if world > 1:
 
 
 def log_json(event: dict) -> None:
-    """Append one JSON line to work_dir/log.jsonl (rank 0 only)."""
+    """Append one strict-JSON line to work_dir/log.jsonl (rank 0 only; undefined scores are null)."""
     if rank == 0:
         with open(work_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps(event) + "\n")
+            f.write(json.dumps(json_safe(event), allow_nan=False) + "\n")
 
 
 # ----------------------------------------------------------------------------- data
@@ -122,24 +121,13 @@ try:
     train_set = build_dataset(D, D.train_split, train=True, seed=T.seed)
     val_set = build_dataset(D, D.val_split, train=False)
 except (FileNotFoundError, KeyError, ValueError) as e:
-    sys.exit(f"error: {e.args[0]}")
+    fail(f"error: {e.args[0]}")
+# every file's header (data.check=full: every file decoded) before the first step; all bad files at once
+if problems := list(dict.fromkeys(check_dataset(train_set, D.check) + check_dataset(val_set, D.check))):
+    fail(f"error: {len(problems)} bad file(s) (data.check={D.check}; nothing was trained):\n  " + "\n  ".join(problems))
 if note := getattr(train_set, "label_mapping_note", ""):  # the label encoding decided from the files
     print0(f"labels ({train_set.label_encoding}): {note}")
 val_shard = Subset(val_set, list(range(rank, len(val_set), world)))  # no padding: unbiased metrics
-
-
-class ResumableSampler(DistributedSampler):
-    """DistributedSampler yielding positions ``[skip, stop)`` of each epoch's order: ``skip`` (one epoch) resumes
-    mid-epoch, ``stop`` ends every epoch after whole accumulation steps (each epoch starts alike)."""
-
-    skip, stop = 0, None
-
-    def __iter__(self):
-        indices = list(super().__iter__())[self.skip:self.stop]
-        self.skip = 0
-        return iter(indices)
-
-
 sampler = ResumableSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=T.seed, drop_last=True)
 loader_kw = dict(num_workers=D.num_workers, pin_memory=device.type == "cuda",
                  persistent_workers=False)  # workers restart each epoch so set_epoch reaches them
@@ -152,8 +140,8 @@ train_loader = DataLoader(train_set, batch_size=D.batch_size, sampler=sampler, d
 val_loader = DataLoader(val_shard, batch_size=1, shuffle=False, generator=torch.Generator(), **loader_kw)
 iters_per_epoch = len(train_loader) // T.accum_steps
 if iters_per_epoch == 0:
-    sys.exit(f"the training set has {len(train_set)} samples: too few for batch {D.batch_size} x "
-             f"{T.accum_steps} accumulation steps x {world} processes")
+    fail(f"error: the training set has {len(train_set)} samples: too few for batch {D.batch_size} x "
+         f"{T.accum_steps} accumulation steps x {world} processes")
 sampler.stop = iters_per_epoch * T.accum_steps * D.batch_size  # per-rank samples in one epoch's steps
 if len(train_loader) % T.accum_steps:
     print0(f"note: each epoch uses {iters_per_epoch * T.accum_steps} of its {len(train_loader)} batches per "
@@ -206,8 +194,12 @@ scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 # ----------------------------------------------------------------------------- resume (before compile and DDP)
 start_iter, best, n_skipped = 0, None, 0
 if T.resume and any(p.is_file() for p in (work_dir / "last.pt", prev_path(work_dir / "last.pt"))):
-    ckpt = load_checkpoint(work_dir / "last.pt")  # falls back to last.prev.pt (with a warning)
-    model.load_state_dict(ckpt["model"])
+    try:  # falls back to last.prev.pt (with a warning); refuses weights or a batch that do not fit this run
+        ckpt, resumed = load_checkpoint(work_dir / "last.pt", with_path=True)
+        check_resume(ckpt, resumed, world, D.batch_size, T.accum_steps)
+        load_model_state(model, ckpt["model"], str(resumed), cfg.name, ckpt.get("config"))
+    except ValueError as e:
+        fail(f"error: {e}")
     optimizer.load_state_dict(ckpt["optimizer"])
     scaler.load_state_dict(ckpt["scaler"])
     plateau.state.update(ckpt["plateau"])
@@ -215,7 +207,7 @@ if T.resume and any(p.is_file() for p in (work_dir / "last.pt", prev_path(work_d
                        {"best": ckpt["best"], "stale": ckpt["stale"]})
     start_iter, best, n_skipped = ckpt["iter"], ckpt["best"], ckpt.get("skipped", 0)
     set_rng_state(ckpt["rng"][rank % len(ckpt["rng"])])
-    print0(f"resumed from {work_dir / 'last.pt'} at iteration {start_iter}")
+    print0(f"resumed from {resumed} at iteration {start_iter}")
 model_without_ddp = eval_model = model
 if T.compile:  # one compiled module for the train steps and evaluate() (train/eval mode: one graph each)
     model = eval_model = torch.compile(model)
@@ -234,28 +226,43 @@ def evaluate() -> tuple[dict, str]:
     if cfg.eval.fuse_conv_bn:  # what test.py scores: BatchNorm folded as there, on a copy of the weights
         net = fuse_conv_bn(copy.deepcopy(model_without_ddp))
         net = torch.compile(net) if T.compile else net
-    ev = build_evaluator(cfg, device)
+    ev, errors = build_evaluator(cfg, device), []
     with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        for batch in val_loader:
+        for batch in skip_bad_samples(val_loader, errors):  # noted in `errors`; all ranks stop together below
             ev.update(net, to_device(batch, device))
     del net
+    if dist.any_rank(bool(errors)):
+        fail("\n".join(f"error: validation {e}" for e in errors), rank0_only=False)
     model_without_ddp.train()
     metrics = ev.compute()
     return metrics, ev.table(metrics)
 
 
-def save(path: Path, it: int) -> None:
-    """Write a plain-data checkpoint (every rank must call it: RNG states are gathered; rank 0 writes)."""
+def save(path: Path, it: int, metrics: dict | None = None) -> None:
+    """Write ``last.pt`` (``metrics`` None: everything a resume needs, RNG states of every rank gathered) or
+    ``best.pt`` (weights, config and ``metrics`` only) atomically; every rank must call it, rank 0 writes.
+    A failed write (full disk) stops every rank with one line; the previous file stays whole."""
+    last = metrics is None
     rng = [rng_state()]
-    if world > 1:
+    if world > 1 and last:
         rng = [None] * world
         torch.distributed.all_gather_object(rng, rng_state())
+    error = ""
     if rank == 0:
-        save_checkpoint({"model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scaler": scaler.state_dict(), "plateau": dict(plateau.state), "iter": it,
-                         "epoch": it // iters_per_epoch, "best": best,
-                         "early_stop": dict(early.state), "skipped": n_skipped, "threads": torch.get_num_threads(),
-                         "rng": rng, "config": configs.to_dict(cfg), "version": iceseg.__version__}, path)
+        state = {"model": model_without_ddp.state_dict(), "iter": it, "epoch": it // iters_per_epoch, "best": best,
+                 "threads": torch.get_num_threads(), "config": configs.to_dict(cfg), "version": iceseg.__version__}
+        state.update({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "plateau": dict(plateau.state),
+                      "early_stop": dict(early.state), "skipped": n_skipped, "world_size": world,
+                      "batch_size": D.batch_size, "accum_steps": T.accum_steps, "rng": rng} if last else
+                     {"metrics": json_safe(metrics)})
+        try:
+            save_checkpoint(state, path, keep_prev=last)
+            if last and T.keep_last:
+                snapshot(path, it, T.keep_last)  # iter_<it>.pt; the oldest removed once the new one is whole
+        except OSError as e:
+            error = f"error: {e.strerror or e}; stopped after iteration {it} (free space, then rerun to resume)"
+    if dist.any_rank(bool(error)):
+        fail(error)
 
 
 def stop_run(it: int, message: str, code: int) -> None:
@@ -308,7 +315,13 @@ for it in range(start_iter, max_iters):
         g["lr"] = lr * g["lr_mult"]
     loss_sum = torch.zeros((), device=device)
     for micro in range(T.accum_steps):
-        epoch, batch = next(stream)
+        try:
+            epoch, batch = next(stream)
+            error = ""
+        except Exception as e:  # noqa: BLE001  (a bad sample, or a DataLoader worker that died)
+            error = f"error: {loader_error(e)}"
+        if dist.any_rank(bool(error)):  # the rank(s) that met it print the file's one line; all ranks stop
+            fail(error, rank0_only=False)
         batch = to_device(batch, device)
         sync = contextlib.nullcontext() if world == 1 or micro == T.accum_steps - 1 else model.no_sync()
         with sync:
@@ -363,7 +376,7 @@ for it in range(start_iter, max_iters):
         log_json({"event": "val", "iter": done, "epoch": done // iters_per_epoch, **metrics})
         if improved(value, best, T.best_mode):
             best = value
-            save(work_dir / "best.pt", done)
+            save(work_dir / "best.pt", done, metrics)
             print0(f"new best {T.best_metric} {value:.4f} at iteration {done}: {work_dir / 'best.pt'}")
         if S.name == "plateau" and (new_lr := plateau.step(metrics[S.plateau_metric or T.best_metric])):
             print0(f"plateau: lr reduced to {new_lr:.3g}")

@@ -589,7 +589,10 @@ class SegDataset(torch.utils.data.Dataset):
         return label
 
     def __getitem__(self, i: int) -> dict:
-        img, label = self.load(i)
+        try:
+            img, label = self.load(i)
+        except ValueError as e:
+            raise ValueError(f"{e} (sample {i})") from None
         rng = np.random.default_rng([self.seed, self.epoch, i])
         img, label = self.transform(img, label, rng)
         if label is None:
@@ -597,6 +600,135 @@ class SegDataset(torch.utils.data.Dataset):
         img_t = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32))  # (C, H, W)
         return {"img": img_t, "label": torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64)),
                 "name": self.pairs[i][0].stem}
+
+
+def file_header(path: str | Path, image: bool = True, image_mode: str = "") -> tuple[int, int, int]:
+    """``(H, W, bands)`` of an image or label file as :func:`read_image` / :func:`read_label` would return it,
+    from its header alone (no pixel decoding), after checking that the file holds all its data.
+
+    ``.npy``: the array header (a file shorter than it says fails); ``.tif/.tiff``: the first series' shape and
+    axes (a strip or tile past the end of the file fails); Pillow images: size and mode, EXIF rotation for
+    images, a PNG's chunks and checksums verified (a truncated PNG fails). ``image_mode`` as in
+    :func:`read_image`. Labels count their stored channels (1, or 3 for colour labels).
+
+    Raises:
+        ValueError: naming the file: unreadable, truncated, or not a 2-D/3-D raster.
+    """
+    path = Path(path)
+    ext = path.suffix.lower()
+    try:
+        if ext == ".npy":
+            with open(path, "rb") as f:
+                fmt = np.lib.format
+                read = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else fmt.read_array_header_2_0
+                shape, _, dtype = read(f)
+                need, size = f.tell() + math.prod(shape) * dtype.itemsize, path.stat().st_size
+            if size < need:
+                raise ValueError(f"truncated .npy ({size} bytes, the header says {need})")
+        elif ext in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                shape, axes = series.shape, series.axes
+                size = path.stat().st_size
+                for page in tif.pages:
+                    ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True) if n]
+                    if ends and max(ends) > size:
+                        raise ValueError(f"truncated TIFF (image data end at byte {max(ends)}, the file has {size})")
+            if len(shape) == 3 and axes.endswith("YX"):
+                shape = (*shape[1:], shape[0])  # (C, H, W) -> (H, W, C), as read_image transposes
+        else:
+            with Image.open(path) as im:
+                if im.format == "PNG":
+                    im.verify()  # reads every chunk and checks its CRC (first thing after open): truncation shows
+            with Image.open(path) as im:
+                W, H = im.size
+                if image and (im.getexif().get(0x0112, 1) in (5, 6, 7, 8)):  # EXIF rotation by 90 degrees
+                    W, H = H, W
+                bands = {"RGB": 3, "L": 1}.get(image_mode) if image else None
+                if bands is None:
+                    bands = (4 if "transparency" in im.info else 3) if im.mode == "P" and image else len(im.getbands())
+            shape = (H, W, bands)
+    except Exception as e:
+        raise ValueError(f"{path}: unreadable or corrupt {'image' if image else 'label'} "
+                         f"({type(e).__name__}: {e})") from e
+    if len(shape) == 2:
+        shape = (*shape, 1)
+    if len(shape) != 3:
+        raise ValueError(f"{path}: expected a 2-D or 3-D {'image' if image else 'label'}, got shape {shape}")
+    return tuple(int(n) for n in shape)
+
+
+def loader_error(err: BaseException) -> str:
+    """The one-line message of an error met while loading a sample. A DataLoader worker's error reaches the
+    main process re-raised with the worker's whole traceback as its text; this returns that traceback's last
+    line without the exception name (``"<file>: label values [9] ... (sample 3)"``)."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text or type(err).__name__
+
+
+def skip_bad_samples(loader, errors: list):
+    """Iterate ``loader``, appending the :func:`loader_error` line of each batch that fails to load to ``errors``
+    instead of raising (the DataLoader serves the remaining batches), so ranks that hold different numbers of
+    batches (validation shards) can finish the pass and then stop together."""
+    batches = iter(loader)
+    while True:
+        try:
+            yield next(batches)
+        except StopIteration:
+            return
+        except Exception as e:  # noqa: BLE001  (any loading error, reported by the caller)
+            errors.append(loader_error(e))
+
+
+def check_dataset(dataset, mode: str = "headers") -> list[str]:
+    """Every problem of a dataset's files, one line each, found before training starts (``data.check``).
+
+    ``"headers"``: each pair's headers (:func:`file_header`): readable, not truncated, the image's band count
+    ``data.in_channels``, the label a single-channel or colour map of the image's size. ``"full"``: every pair
+    decoded and checked as training reads it (:meth:`SegDataset.load`: label values too). ``"none"``, or a
+    dataset without image/label pairs (AutoICE scenes): nothing.
+
+    Returns:
+        ``["<file>: <problem>", ...]``, empty when every file passed.
+    """
+    pairs = getattr(dataset, "pairs", None)
+    if mode == "none" or not pairs:
+        return []
+    problems = []
+    for i, (img, ann) in enumerate(pairs):
+        try:
+            if mode == "full":
+                dataset.load(i)
+                continue
+            H, W, C = file_header(img, True, dataset.image_mode)
+            if C != dataset.in_channels:
+                problems.append(f"{img}: has {C} band(s), the config expects {dataset.in_channels} (data.in_channels)")
+            if ann is not None:
+                h, w, c = file_header(ann, image=False)
+                if (h, w) != (H, W) or c not in (1, 3, 4):
+                    problems.append(f"{ann}: label of {w}x{h} (WxH) with {c} channel(s); image {Path(img).name} "
+                                    f"is {W}x{H} (labels are single-channel or colour maps of the image's size)")
+        except ValueError as e:
+            problems.append(str(e))
+    return problems
+
+
+class ResumableSampler(torch.utils.data.DistributedSampler):
+    """``DistributedSampler`` (train.py's, ``drop_last=True``) yielding positions ``[skip, stop)`` of each epoch's
+    order: ``skip`` resumes mid-epoch (for one epoch, then resets), ``stop`` ends every epoch after whole
+    accumulation steps, so each epoch starts alike however a run was interrupted."""
+
+    skip, stop = 0, None
+
+    def __iter__(self):
+        indices = list(super().__iter__())[self.skip:self.stop]
+        self.skip = 0
+        return iter(indices)
 
 
 # --------------------------------------------------------------------------- named datasets

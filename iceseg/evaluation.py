@@ -10,11 +10,12 @@ boundary metrics) plugs in by adding an evaluator class and an entry in ``EVALUA
     print(ev.table(metrics))
 """
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from iceseg.inference import predict
 from iceseg.metrics import BoundaryMetrics, ConfusionMatrix, exclude_from_means, format_table
@@ -32,6 +33,55 @@ def display_image(img: torch.Tensor) -> np.ndarray:
     lo, hi = x.amin(dim=(1, 2), keepdim=True), x.amax(dim=(1, 2), keepdim=True)
     x = (x - lo) / (hi - lo).clamp_min(1e-6)
     return (x.permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)  # (H, W, 3)
+
+
+def with_legend(rgb: np.ndarray, names: list[str], palette, note: str = "", bar: bool = False) -> np.ndarray:
+    """Add a white legend strip below a picture: a colour swatch and name per class, then ``note``.
+
+    Args:
+        rgb: ``(H, W, 3)`` uint8 picture.
+        names: one label per palette row (class names; for ``bar``, the value of each step).
+        palette: ``(K, 3)`` RGB, one row per name.
+        note: a last line, e.g. which image bands make the overlay's RGB.
+        bar: draw the rows as one continuous colour bar (ordered values such as SIC 0-100 %), labels under
+            the first, middle and last step.
+
+    Returns:
+        ``(H + h, W', 3)`` uint8: the picture (padded with white on the right when narrower than the widest
+        entry, so no name is cut) over the strip, whose entries wrap onto more rows.
+    """
+    font, line = ImageFont.load_default(), 14
+    widest = max([16 + int(font.getlength(n)) + 10 for n in names] + [int(font.getlength(note)) + 8])
+    W = max(rgb.shape[1], widest, 12 * len(names) + 8 if bar else 0)  # a narrow picture is padded on the right
+    items, x, y = [], 4, 4
+    if bar:
+        step = max((W - 8) // max(len(names), 1), 2)
+        for k, c in enumerate(palette):
+            items.append(("box", (4 + k * step, y, 4 + (k + 1) * step - 1, y + 10), tuple(int(v) for v in c)))
+        for k in sorted({0, len(names) // 2, len(names) - 1}):
+            items.append(("text", (4 + k * step, y + 12), names[k]))
+        y += 2 * line
+    else:
+        for name, c in zip(names, palette, strict=False):
+            w = 16 + int(font.getlength(name)) + 10
+            if x + w > W and x > 4:
+                x, y = 4, y + line
+            items += [("box", (x, y + 1, x + 11, y + 11), tuple(int(v) for v in c)), ("text", (x + 15, y), name)]
+            x += w
+        y += line
+    if note:
+        items.append(("text", (4, y), note))
+        y += line
+    strip = Image.new("RGB", (W, y + 2), "white")
+    draw = ImageDraw.Draw(strip)
+    for kind, where, what in items:
+        if kind == "box":
+            draw.rectangle(where, fill=what, outline=(0, 0, 0))
+        else:
+            draw.text(where, what, fill=(0, 0, 0), font=font)
+    picture = np.full((rgb.shape[0], W, 3), 255, np.uint8)
+    picture[:, :rgb.shape[1]] = rgb
+    return np.concatenate([picture, np.asarray(strip)], axis=0)
 
 
 def default_palette(num_classes: int) -> np.ndarray:
@@ -72,12 +122,15 @@ class SegEvaluator:
         if self.bm is not None:
             self.bm.update(pred, batch["label"])
         if show_dir is not None:
+            bands = "bands 0, 1, 2" if batch["img"].shape[1] >= 3 else "band 0"
             for b in range(pred.shape[0]):
                 colour = colourise(pred[b].cpu().numpy(), self.palette)
                 name = batch["name"][b]
-                Image.fromarray(colour).save(Path(show_dir) / f"{name}_pred.png")
+                legend = (self.names, self.palette[:len(self.names)])
+                Image.fromarray(with_legend(colour, *legend)).save(Path(show_dir) / f"{name}_pred.png")
                 overlay = (0.5 * display_image(batch["img"][b]) + 0.5 * colour).astype(np.uint8)
-                Image.fromarray(overlay).save(Path(show_dir) / f"{name}_overlay.png")
+                Image.fromarray(with_legend(overlay, *legend, note=f"image: {bands} as RGB, each stretched")).save(
+                    Path(show_dir) / f"{name}_overlay.png")
 
     def compute(self) -> dict:
         """All-reduce over ranks and derive the metrics (``compute_metrics``, ``BoundaryMetrics``).
@@ -117,6 +170,19 @@ def build_evaluator(cfg, device: torch.device):
     if cfg.eval.evaluator not in EVALUATORS:
         raise KeyError(f"unknown evaluator {cfg.eval.evaluator!r}; valid: {', '.join(sorted(EVALUATORS))}")
     return EVALUATORS[cfg.eval.evaluator](cfg, device)
+
+
+def json_safe(obj):
+    """``obj`` (nested dicts/lists of numbers and strings) with every NaN or infinity replaced by ``None``, so
+    ``json.dumps(..., allow_nan=False)`` writes strict JSON (``null`` for an undefined score, e.g. the IoU of a
+    class absent from both label and prediction)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def to_device(batch, device: torch.device):

@@ -404,7 +404,8 @@ def convert_sync_batchnorm(model: nn.Module, exclude=()) -> nn.Module:
     return model
 
 
-def build_inference_model(cfg, state_dict: dict, device: torch.device) -> nn.Module:
+def build_inference_model(cfg, state_dict: dict, device: torch.device, source: str = "checkpoint",
+                          trained_with: dict | None = None) -> nn.Module:
     """The model of ``cfg`` with ``state_dict`` loaded, in eval mode, as ``test.py`` and ``predict.py`` run it.
 
     ``iceseg.fast.optimize`` is applied when ``train.fast_paths`` is set (as in train.py's validation),
@@ -412,13 +413,17 @@ def build_inference_model(cfg, state_dict: dict, device: torch.device) -> nn.Mod
     memory and time, the same outputs to ~1e-6), and the model is moved to ``device``, channels-last when
     ``train.channels_last`` is set.
 
+    ``source`` (the file) and ``trained_with`` (its stored config) name the checkpoint in the message when
+    its weights do not fit (``iceseg.checkpoint.load_model_state``).
+
     Raises:
-        KeyError, ValueError: as :func:`build_model`. RuntimeError: missing or unexpected keys in ``state_dict``.
+        KeyError, ValueError: as :func:`build_model`; ValueError: missing, unexpected or reshaped keys.
     """
+    from iceseg.checkpoint import load_model_state
     from iceseg.fast import fuse_conv_bn, optimize
 
     model = build_model(cfg)
-    model.load_state_dict(state_dict)
+    load_model_state(model, state_dict, source, cfg.name, trained_with)
     model.eval()
     if cfg.train.fast_paths:
         optimize(model)

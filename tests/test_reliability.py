@@ -170,7 +170,7 @@ def test_sigkill_at_three_iterations_and_truncated_last_pt_resume_exactly_ws1(tm
             (wd / "last.pt").write_bytes(data[: len(data) // 2])
     out, err = _finish(_launch(args, tmp_path, "final"))
     assert re.search(r"last\.pt is unreadable .*falling back to .*last\.prev\.pt", (tmp_path / "kill7.err").read_text())
-    assert f"resumed from {wd / 'last.pt'} at iteration {prev_iter}" in (tmp_path / "kill7.out").read_text()
+    assert f"resumed from {wd / 'last.prev.pt'} at iteration {prev_iter}" in (tmp_path / "kill7.out").read_text()
     assert "resumed from" in out and f"done: {MAX_ITERS} iterations" in out
     _finish(ref)
     assert _assert_losses_equal(tmp_path / "ref", wd) > MAX_ITERS  # some iterations ran twice, identically
@@ -229,8 +229,8 @@ def test_nan_loss_is_skipped_counted_logged_and_stops_after_patience(tmp_path, g
 
 
 def test_bad_choice_lists_valid_values(tmp_path):
-    out, err = _finish(_launch(_args(tmp_path / "run", tmp_path, "--train.best_mode=maximum"), tmp_path, "choice"), rc=1)
-    assert "error: --train.best_mode must be one of 'max', 'min', not 'maximum'" in err
+    out, err = _finish(_launch(_args(tmp_path / "run", tmp_path, "--train.best_mode=maximum"), tmp_path, "choice"), rc=2)
+    assert err.strip() == "error: --train.best_mode='maximum': must be one of 'max', 'min'"
 
 
 # ------------------------------------------------------------------ checkpoint unit tests (fast)
@@ -250,7 +250,8 @@ def test_atomic_save_keeps_previous_and_falls_back_when_missing_or_corrupt(tmp_p
     prev_path(path).write_bytes(b"garbage")
     save_checkpoint({"iter": 3}, path)
     path.write_bytes(b"garbage")
-    with pytest.raises(RuntimeError, match=r"cannot read checkpoint .*last\.prev\.pt"), warnings.catch_warnings():
+    with pytest.raises(ValueError, match=r"cannot read checkpoint .*last\.prev\.pt: not a PyTorch checkpoint"), \
+            warnings.catch_warnings():
         warnings.simplefilter("ignore")
         load_checkpoint(path)
 

@@ -13,9 +13,15 @@ import torch
 from PIL import Image
 
 from iceseg import dist
-from iceseg.autoice.data import NetCDFWriter, merge_submissions, write_submission_chart
+from iceseg.autoice.data import (
+    CHART_CLASS_NAMES,
+    MASK,
+    NetCDFWriter,
+    merge_submissions,
+    write_submission_chart,
+)
 from iceseg.autoice.loss import MultiTaskLoss
-from iceseg.evaluation import EVALUATORS, colourise
+from iceseg.evaluation import EVALUATORS, colourise, with_legend
 from iceseg.inference import window_starts
 from iceseg.metrics import ConfusionMatrix, RegressionStats, all_reduce_sum, weighted_f1
 
@@ -38,6 +44,22 @@ AUTOICE_PALETTES = {  # RGB per class; masked reference pixels are drawn AUTOICE
              [230, 230, 230], [128, 128, 128]],
 }
 AUTOICE_MASKED_RGB = (40, 40, 40)
+
+
+def chart_picture(chart: str, values: np.ndarray, masked: np.ndarray | None = None) -> np.ndarray:
+    """A chart as a picture with its key: ``(H, W)`` uint8 classes (``MASK`` = masked) -> ``(H', W, 3)`` uint8.
+
+    ``AUTOICE_PALETTES`` colours, masked pixels (``values == MASK`` or ``masked``) in ``AUTOICE_MASKED_RGB``;
+    below, SIC gets a colour bar 0-100 % and SOD/FLOE a swatch and name per class (``CHART_CLASS_NAMES``).
+    """
+    names = CHART_CLASS_NAMES[chart]
+    rgb = colourise(values, np.array(AUTOICE_PALETTES[chart], np.uint8))
+    rgb[(values == MASK) if masked is None else masked] = AUTOICE_MASKED_RGB
+    palette = AUTOICE_PALETTES[chart][:len(names)]
+    if chart == "SIC":
+        return with_legend(rgb, names, palette, note="SIC (sea-ice concentration); dark grey: masked", bar=True)
+    note = {"SOD": "SOD (stage of development)", "FLOE": "FLOE (floe size)"}.get(chart, chart)
+    return with_legend(rgb, names + ["masked"], palette + [list(AUTOICE_MASKED_RGB)], note=note)
 
 
 def autoice_tasks(cfg) -> dict:
@@ -231,10 +253,8 @@ class AutoICEEvaluator:
     def _draw(self, show_dir: Path, name: str, charts: dict, labels: dict) -> None:
         show_dir.mkdir(parents=True, exist_ok=True)
         for t, pred in charts.items():
-            pal = np.array(AUTOICE_PALETTES[t], dtype=np.uint8)
             for suffix, m in (("", pred), ("_ref", labels[t])):
-                rgb = colourise(m, pal)
-                rgb[labels[t] == self.ignore] = AUTOICE_MASKED_RGB
+                rgb = chart_picture(t, m, labels[t] == self.ignore)
                 Image.fromarray(rgb).save(show_dir / f"{name}_{t}{suffix}.png")
 
     def _write(self, name: str, charts: dict) -> None:

@@ -544,7 +544,8 @@ def load_pretrained(model: SwinTransformer, path_or_state_dict, layout: str = "a
     window differs (:func:`resize_relative_position_bias_table`, e.g. window-12 files into window 7).
 
     Args:
-        path_or_state_dict: ``.pth`` path (``torch.load(map_location="cpu", weights_only=True)``) or mapping.
+        path_or_state_dict: ``.pth`` path (``torch.load(map_location="cpu", weights_only=True)``) or mapping; an
+            iceseg ``train.py`` checkpoint (keys ``backbone.layers.*``) gives its backbone.
         layout: ``"official"``, ``"timm"``, ``"mmseg"`` or ``"auto"`` (detected from the key names).
         allow_missing / allow_unexpected: regexes of model / checkpoint keys that may be absent / extra.
 
@@ -561,6 +562,8 @@ def load_pretrained(model: SwinTransformer, path_or_state_dict, layout: str = "a
             raise FileNotFoundError(f"load_pretrained: checkpoint file not found: {os.fspath(ckpt)}")
         ckpt = torch.load(ckpt, map_location="cpu", weights_only=True)
     sd = unwrap_state_dict(ckpt)
+    if any(k.startswith("backbone.layers.") for k in sd):  # an iceseg segmentor (train.py): this file's keys
+        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
     if layout == "auto":
         layout = _detect_layout(sd)
     if layout not in _CONVERTERS:

@@ -458,7 +458,8 @@ def load_pretrained(model: UNetPlusPlus, path_or_state_dict) -> dict:
     """Load an smp U-Net++ checkpoint or a torchvision ResNet-34 encoder file into ``model``.
 
     The layout is detected from the keys: names starting with ``encoder.``/``decoder.``/
-    ``segmentation_head.`` mean a full smp (or iceseg) model; ``conv1.weight`` without those
+    ``segmentation_head.`` mean a full smp (or iceseg) model (an iceseg ``train.py`` checkpoint's ``net.``
+    prefix is stripped first); ``conv1.weight`` without those
     means a torchvision ImageNet encoder, for which ``decoder.*`` and ``segmentation_head.*`` may
     be missing (they keep their smp-style init). ``*.num_batches_tracked`` may always be missing
     (old torchvision files lack it; PyTorch then fills 0).
@@ -484,6 +485,8 @@ def load_pretrained(model: UNetPlusPlus, path_or_state_dict) -> dict:
     else:
         source, raw = "<state dict>", path_or_state_dict
     sd = unwrap_state_dict(raw)
+    if sd and all(k.startswith("net.") for k in sd):  # an iceseg train.py checkpoint: the net inside its segmentor
+        sd = {k[len("net."):]: v for k, v in sd.items()}
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     if any(k.startswith(_SMP_PREFIXES) for k in sd):
         layout, allowed = "smp", ()
