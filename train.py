@@ -95,10 +95,11 @@ def on_uncaught(kind, err, tb) -> None:
     """
     sys.__excepthook__(kind, err, tb)
     if isinstance(err, torch.distributed.DistError) or any(s in str(err) for s in ("gloo", "NCCL", "Timed out")):
-        print(f"rank {rank}: a collective operation failed: another process has most likely died (its own "
-              f"error and torchrun's summary name it) or stalled for train.dist_timeout_min="
-              f"{T.dist_timeout_min:g} minutes. Rerun the same command to resume from {work_dir / 'last.pt'}.",
-              file=sys.stderr, flush=True)
+        restarts = [int(os.environ.get(f"TORCHELASTIC_{k}", 0)) for k in ("RESTART_COUNT", "MAX_RESTARTS")]
+        print(f"rank {rank}: a collective operation failed: another process has most likely died (its own error and "
+              f"torchrun's summary name it) or stalled for train.dist_timeout_min={T.dist_timeout_min:g} minutes. "
+              + ("torchrun restarts the group (--max-restarts), which resumes" if restarts[0] < restarts[1] else
+                 "Rerun the same command to resume") + f" from {work_dir / 'last.pt'}.", file=sys.stderr, flush=True)
     os._exit(1)
 
 
