@@ -39,6 +39,7 @@ class DataConfig:
     test_pipeline: list = field(default_factory=list)  # applied to validation/test images (no label resize)
     batch_size: int = 2  # per process
     num_workers: int = 2  # DataLoader workers per process
+    timeout_s: float = 600.0  # a worker that delivers no batch for this long is an error naming its file (0: wait)
     split_seed: int = 42  # Glacier: seeded 80/20 split of the sorted file list
     val_fraction: float = 0.2  # Glacier: share of files used for validation
     group_split: bool = False  # Glacier: split by tile id (drops `_aug_<i>` suffixes) to avoid leakage
@@ -208,6 +209,7 @@ class EvalConfig:
     biou_dilation: float = 0.02  # Boundary IoU band width, fraction of the image diagonal
     exclude_classes: list = field(default_factory=list)  # class indices left out of class means (ISPRS clutter)
     fuse_conv_bn: bool = True  # test.py and validation: fold BatchNorm into the conv before it (iceseg.fast)
+    amp: str = ""  # inference autocast of validation, test.py, predict.py: "none", "bf16", "fp16"; "" = train.amp
     blend: str = "hann"  # predict.py: overlapping windows weighted by a "hann" window, or the "mean" (mmseg slide)
     ice_classes: list = field(default_factory=list)  # predict.py coverage: classes summed as ice ([] = no ice total)
     river_classes: list = field(default_factory=list)  # predict.py coverage: the river (water + ice) for the ice share
@@ -333,7 +335,8 @@ CHOICES = {"train.amp": ("none", "bf16", "fp16"), "train.best_mode": ("max", "mi
            "train.early_stop_mode": ("", "max", "min"), "eval.tta_scale_base": ("original", "resized"),
            "optim.name": ("adamw", "adam", "sgd"), "schedule.name": ("constant", "cosine", "poly", "plateau"),
            "schedule.plateau_mode": ("", "max", "min"), "train.device": ("auto", "cpu", "cuda"),
-           "data.check": ("headers", "full", "none"), "eval.mode": ("whole", "slide"), "eval.blend": ("hann", "mean")}
+           "data.check": ("headers", "full", "none"), "eval.mode": ("whole", "slide"), "eval.blend": ("hann", "mean"),
+           "eval.amp": ("", "none", "bf16", "fp16")}
 
 
 def validate(cfg: Config) -> None:
@@ -356,7 +359,7 @@ def validate(cfg: Config) -> None:
     for key, v in (("data.num_workers", D.num_workers), ("optim.lr", O.lr), ("optim.weight_decay", O.weight_decay),
                    ("optim.clip_grad", O.clip_grad), ("schedule.warmup_iters", S.warmup_iters),
                    ("schedule.min_lr", S.min_lr), ("schedule.t_max", S.t_max), ("train.max_epochs", T.max_epochs),
-                   ("train.keep_last", T.keep_last),
+                   ("train.keep_last", T.keep_last), ("data.timeout_s", D.timeout_s),
                    ("schedule.plateau_patience", S.plateau_patience), ("train.early_stop_patience",
                                                                        T.early_stop_patience)):
         _check(v >= 0, key, v, "must be >= 0")

@@ -392,7 +392,8 @@ def main() -> None:
     parser.add_argument("--probs", action="store_true", help="also write per-class probabilities")
     parser.add_argument("--blend", choices=["hann", "mean"], default=None, help="default: eval.blend")
     parser.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
-    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default=None,
+                        help="autocast of the model (default: eval.amp, or none when it is '')")
     parser.add_argument("--skip-existing", action="store_true", help="keep scenes whose outputs exist")
     parser.add_argument("--rgb-bands", default="", help="band indices of the overlay's R,G,B (default 0,1,2)")
     parser.add_argument("--preview", type=int, default=2048, help="long side of the PNG previews in pixels")
@@ -455,9 +456,9 @@ def main() -> None:
                     "predict.py runs at the scene's own pixel size")
     if autoice:
         model = StackedTasks(model, autoice_tasks(cfg))
+    amp = autocast_dtype(args.amp or E.amp or "none", device)  # --amp, else eval.amp (no autocast when "")
     predictor = TiledPredictor(model, E.crop_size, E.stride, E.size_divisor, args.blend or E.blend, args.batch_size,
-                               build_transforms(D.test_pipeline), device, autocast_dtype(args.amp, device),
-                               cfg.train.channels_last)
+                               build_transforms(D.test_pipeline), device, amp, cfg.train.channels_last)
 
     def log(msg):
         print(f"[rank {rank}] {msg}" if world > 1 else msg, flush=True)

@@ -27,7 +27,7 @@ from iceseg import dist
 from iceseg.checkpoint import load_checkpoint, unwrap_state_dict
 from iceseg.data import build_dataset
 from iceseg.evaluation import build_evaluator, json_safe, to_device
-from iceseg.inference import autocast_dtype
+from iceseg.inference import eval_autocast
 from iceseg.segmentor import build_inference_model
 
 
@@ -78,7 +78,7 @@ def main() -> None:
         E.mode = args.mode
     evaluator = build_evaluator(cfg, device)
     t0 = time.time()
-    amp = autocast_dtype(cfg.train.amp, device)  # the autocast of validation in train.py
+    amp = eval_autocast(cfg, device)  # eval.amp; "" (default): train.amp, the autocast of validation in train.py
     with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         for batch in loader:
             evaluator.update(model, to_device(batch, device), show_dir=show_dir, tta=args.tta)

@@ -48,17 +48,10 @@ from iceseg.checkpoint import (
     set_rng_state,
     snapshot,
 )
-from iceseg.data import (
-    ResumableSampler,
-    build_dataset,
-    check_dataset,
-    loader_error,
-    prepare_data,
-    skip_bad_samples,
-)
+from iceseg.data import ResumableSampler, build_train_val, loader_error, prepare_data, skip_bad_samples
 from iceseg.evaluation import build_evaluator, json_safe, to_device
 from iceseg.fast import fuse_conv_bn, optimize
-from iceseg.inference import autocast_dtype
+from iceseg.inference import autocast_dtype, eval_autocast
 from iceseg.schedule import EarlyStopping, Plateau, improved
 from iceseg.segmentor import build_model, convert_sync_batchnorm, param_groups
 
@@ -118,23 +111,19 @@ def log_json(event: dict) -> None:
 if rank == 0:
     prepare_data(D)  # synthetic datasets are generated once, by rank 0
 dist.barrier()
-try:
-    train_set = build_dataset(D, D.train_split, train=True, seed=T.seed)
-    val_set = build_dataset(D, D.val_split, train=False)
+try:  # every file's header is read first (data.check=full: every file decoded); all bad files in one message
+    train_set, val_set = build_train_val(D, T.seed)
 except (FileNotFoundError, KeyError, ValueError) as e:
     fail(f"error: {e.args[0]}")
-# every file's header (data.check=full: every file decoded) before the first step; all bad files at once
-if problems := list(dict.fromkeys(check_dataset(train_set, D.check) + check_dataset(val_set, D.check))):
-    fail(f"error: {len(problems)} bad file(s) (data.check={D.check}; nothing was trained):\n  " + "\n  ".join(problems))
 if note := getattr(train_set, "label_mapping_note", ""):  # the label encoding decided from the files
     print0(f"labels ({train_set.label_encoding}): {note}")
 val_shard = Subset(val_set, list(range(rank, len(val_set), world)))  # no padding: unbiased metrics
 sampler = ResumableSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=T.seed, drop_last=True)
-loader_kw = dict(num_workers=D.num_workers, pin_memory=device.type == "cuda",
-                 persistent_workers=False)  # workers restart each epoch so set_epoch reaches them
-# Own generators: worker seeds (torch seeds torch/numpy/random in worker w with base + w) never draw
-# from the global RNG, and the train loader's is reseeded per (seed, rank, epoch) so that a resumed
-# epoch hands its workers the same seeds as the uninterrupted run did.
+# workers restart each epoch so set_epoch reaches them; one silent for data.timeout_s is an error naming its file
+loader_kw = dict(num_workers=D.num_workers, pin_memory=device.type == "cuda", persistent_workers=False,
+                 timeout=D.timeout_s if D.num_workers else 0)
+# Own generators: worker seeds (torch seeds torch/numpy/random in worker w with base + w) never draw from the
+# global RNG; the train loader's is reseeded per (seed, rank, epoch): a resumed epoch gives its workers the same.
 loader_gen = torch.Generator()
 train_loader = DataLoader(train_set, batch_size=D.batch_size, sampler=sampler, drop_last=True,
                           generator=loader_gen, **loader_kw)
@@ -187,7 +176,7 @@ def get_lr(it: int) -> float:
     return O.lr * plateau.state["scale"]
 
 
-amp_dtype = autocast_dtype(T.amp, device)  # training and validation; test.py uses the same
+amp_dtype, eval_dtype = autocast_dtype(T.amp, device), eval_autocast(cfg, device)  # eval.amp "": train.amp
 if T.amp == "fp16" and amp_dtype is None:
     print0("fp16 autocast needs CUDA: running in fp32 on the CPU")
 scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -228,7 +217,7 @@ def evaluate() -> tuple[dict, str]:
         net = fuse_conv_bn(copy.deepcopy(model_without_ddp))
         net = torch.compile(net) if T.compile else net
     ev, errors = build_evaluator(cfg, device), []
-    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+    with torch.no_grad(), torch.autocast(device.type, dtype=eval_dtype, enabled=eval_dtype is not None):
         for batch in skip_bad_samples(val_loader, errors):  # noted in `errors`; all ranks stop together below
             ev.update(net, to_device(batch, device))
     del net
@@ -320,7 +309,7 @@ for it in range(start_iter, max_iters):
             epoch, batch = next(stream)
             error = ""
         except Exception as e:  # noqa: BLE001  (a bad sample, or a DataLoader worker that died)
-            error = f"error: {loader_error(e)}"
+            error = f"error: {loader_error(e, train_set)}"
         if dist.any_rank(bool(error)):  # the rank(s) that met it print the file's one line; all ranks stop
             fail(error, rank0_only=False)
         batch = to_device(batch, device)

@@ -1,7 +1,7 @@
 """Benchmark every iceseg model against its reference implementation in the same run.
 
     python dev/benchmark.py [--cases all|a,b,...] [--repeats 3] [--warmup 0] [--mem-passes 1] [--mem-procs 3] [--device cpu] [--threads 2]
-                        [--json bench.json] [--quick] [--no-ref]
+                        [--json bench.json] [--quick] [--no-ref] [--plain] [--amp none|bf16|fp16]
 
 Dev tool (not part of the library). Each implementation of each case runs in two fresh subprocesses
 (``--worker CASE --impl NAME --what time|memory``) that build our model and, when the reference library imports,
@@ -28,6 +28,9 @@ processes still run and the median is reported (all are in the JSON). On CUDA: `
 over the pass minus the memory allocated before it.
 
 A train step is forward + loss + backward + ``AdamW.step`` + ``zero_grad``, batch 1 unless the case says.
+``--amp bf16|fp16`` runs every pass, ours and each reference, under ``torch.autocast`` of that dtype (weights
+fp32; recorded as ``machine.amp`` in the JSON), so a bf16 and an fp32 run compare case by case; the ``matmul``
+rate cases then measure the autocast product too.
 Reference libraries (timm, mmseg 1.2.2 with a stub ``mmcv.ops``, smp, torchvision with the CPU op
 schema workaround of pytorch/vision#9085) are only imported inside try/except; the output says which were
 found. Output: a table on stdout and, with ``--json``, a JSON file ``{"machine": ..., "cases": [...]}``.
@@ -530,6 +533,20 @@ def case_distance_maps(s, device, quick, use_ref):
 
 
 # ----------------------------------------------------------------------------- driver
+def _autocast(fn, device: torch.device, amp: str):
+    """``fn`` run under ``torch.autocast(device, bf16 | fp16)`` (``--amp``; "none": ``fn`` itself). A train step runs
+    whole inside it, backward included, ours and the references alike."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    if dtype is None:
+        return fn
+
+    def run():
+        with torch.autocast(device.type, dtype=dtype):
+            return fn()
+
+    return run
+
+
 def worker(args) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -543,7 +560,7 @@ def worker(args) -> dict:
            "batch": batch, "refs_found": refs_found, "impls": {}}
     if tiles:
         res["tiles"] = tiles
-    fns = {args.impl: built["impls"][args.impl]} if args.impl in built["impls"] else {}
+    fns = {args.impl: _autocast(built["impls"][args.impl], device, args.amp)} if args.impl in built["impls"] else {}
     built.clear()  # drop the other implementation (its model) before measuring
     gc.collect()
     for name, fn in fns.items():
@@ -564,7 +581,8 @@ def worker(args) -> dict:
 
 def machine_info(args) -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "device": args.device, "threads": args.threads, "cpu_count": os.cpu_count(), "dtype": "float32",
+            "device": args.device, "threads": args.threads, "cpu_count": os.cpu_count(),
+            "dtype": "float32", "amp": args.amp,
             "quick": args.quick, "repeats": args.repeats, "warmup": args.warmup,
             "command": " ".join([Path(sys.executable).name, *sys.argv])}
     try:
@@ -612,7 +630,7 @@ def _run_worker(args, env: dict, name: str, impl: str, what: str) -> dict:
     """Run ``--worker name --impl impl --what what`` in a fresh interpreter; its result dict or ``{"error": ...}``."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--impl", impl, "--what", what,
            "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--mem-passes", str(args.mem_passes),
-           "--device", args.device, "--threads", str(args.threads)] + ["--quick"] * args.quick + ["--no-ref"] * args.no_ref
+           "--device", args.device, "--threads", str(args.threads), "--amp", args.amp] + ["--quick"] * args.quick + ["--no-ref"] * args.no_ref
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT, env=env)
     except subprocess.TimeoutExpired:
@@ -642,6 +660,8 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per case subprocess")
     ap.add_argument("--malloc", choices=("default", "no-mmap"), default="default",
                     help="no-mmap: glibc MALLOC_MMAP_MAX_=0 + no trimming for the time workers (reuses freed pages)")
+    ap.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                    help="run every case, ours and each reference, under this autocast (weights stay fp32)")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
     ap.add_argument("--impl", default="ours", help=argparse.SUPPRESS)
     ap.add_argument("--what", choices=("time", "memory"), default="time", help=argparse.SUPPRESS)

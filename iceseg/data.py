@@ -23,9 +23,11 @@ Every problem found in the files raises an error that names the file and the pro
 skipped silently.
 """
 
+import contextlib
 import csv
 import functools
 import math
+import multiprocessing
 import re
 from pathlib import Path
 
@@ -534,6 +536,7 @@ class SegDataset(torch.utils.data.Dataset):
                                        + ("; colour labels: palette row -> class" if palette is not None else ""))
         self.transform = build_transforms(pipeline or [])
         self.seed, self.epoch = seed, 0
+        self.tracker: LoadTracker | None = None  # set by train.py: names the file a dead/stalled worker was reading
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -590,7 +593,8 @@ class SegDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         try:
-            img, label = self.load(i)
+            with self.tracker.reading(i) if self.tracker is not None else contextlib.nullcontext():
+                img, label = self.load(i)
         except ValueError as e:
             raise ValueError(f"{e} (sample {i})") from None
         rng = np.random.default_rng([self.seed, self.epoch, i])
@@ -660,15 +664,62 @@ def file_header(path: str | Path, image: bool = True, image_mode: str = "") -> t
     return tuple(int(n) for n in shape)
 
 
-def loader_error(err: BaseException) -> str:
-    """The one-line message of an error met while loading a sample. A DataLoader worker's error reaches the
-    main process re-raised with the worker's whole traceback as its text; this returns that traceback's last
-    line without the exception name (``"<file>: label values [9] ... (sample 3)"``)."""
+class LoadTracker:
+    """Which sample each DataLoader worker is reading, kept in shared memory (inherited by the forked workers),
+    so that the main process can name the file when a worker dies (killed, out of memory) or stalls
+    (``DataLoader(timeout=...)``). A dataset with ``tracker`` set marks each sample in :meth:`reading`."""
+
+    def __init__(self, num_workers: int):
+        self.slots = multiprocessing.Array("q", [-1] * max(num_workers, 1), lock=False)  # sample per worker, -1 idle
+
+    @contextlib.contextmanager
+    def reading(self, index: int):
+        """Mark ``index`` as being read by this worker while the block runs (left set if the worker dies in it)."""
+        info = torch.utils.data.get_worker_info()
+        slot = info.id if info is not None else 0
+        self.slots[slot] = index
+        yield
+        self.slots[slot] = -1
+
+    def busy(self) -> list[int]:
+        """The samples some worker was reading and never finished."""
+        return [i for i in self.slots if i >= 0]
+
+
+def loader_error(err: BaseException, dataset=None) -> str:
+    """The one-line message of an error met while loading a sample.
+
+    A DataLoader worker's error reaches the main process re-raised with the worker's whole traceback as its
+    text; this returns that traceback's last line without the exception name (``"<file>: label values [9] ...
+    (sample 3)"``). For a worker that died or stalled (no message of its own), the samples ``dataset.tracker``
+    saw unfinished are named with their files.
+    """
     text = str(err).strip()
     if "Original Traceback" in text:
         last = text.splitlines()[-1]
         return last.split(": ", 1)[1] if ": " in last else last
+    tracker, pairs = getattr(dataset, "tracker", None), getattr(dataset, "pairs", [])
+    if tracker is not None and ("DataLoader worker" in text or "DataLoader timed out" in text):
+        where = [f"sample {i} ({', '.join(str(p) for p in pairs[i] if p is not None)})" for i in tracker.busy()]
+        text = (text.splitlines()[0].rstrip(". ") + (" (data.timeout_s)" if "timed out" in text else "")
+                + (f", while reading {'; '.join(where)}" if where else ""))
     return text or type(err).__name__
+
+
+def build_train_val(cfg, seed: int = 0) -> tuple:
+    """train.py's datasets: ``(train, val)`` of data config ``cfg``, every file checked first (``cfg.check``,
+    :func:`check_dataset`), each with a :class:`LoadTracker` for ``cfg.num_workers`` DataLoader workers.
+
+    Raises:
+        FileNotFoundError, KeyError, ValueError: as :func:`build_dataset`; ValueError: the bad files, one per line.
+    """
+    train = build_dataset(cfg, cfg.train_split, train=True, seed=seed)
+    val = build_dataset(cfg, cfg.val_split, train=False)
+    if problems := list(dict.fromkeys(check_dataset(train, cfg.check) + check_dataset(val, cfg.check))):
+        raise ValueError(f"{len(problems)} bad file(s) (data.check={cfg.check}; nothing was trained):\n  "
+                         + "\n  ".join(problems))
+    train.tracker, val.tracker = LoadTracker(cfg.num_workers), LoadTracker(cfg.num_workers)
+    return train, val
 
 
 def skip_bad_samples(loader, errors: list):
@@ -682,7 +733,7 @@ def skip_bad_samples(loader, errors: list):
         except StopIteration:
             return
         except Exception as e:  # noqa: BLE001  (any loading error, reported by the caller)
-            errors.append(loader_error(e))
+            errors.append(loader_error(e, getattr(loader.dataset, "dataset", loader.dataset)))  # Subset: its base
 
 
 def check_dataset(dataset, mode: str = "headers") -> list[str]:

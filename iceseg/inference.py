@@ -25,7 +25,9 @@ def logits_to_probs(logits: torch.Tensor) -> torch.Tensor:
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype that ``train.amp`` means on ``device`` (train.py's validation and test.py alike).
+    """The autocast dtype that ``train.amp`` / ``eval.amp`` means on ``device``.
+
+    Softmax, sigmoid, losses and metrics run on fp32 logits whatever the autocast (:func:`logits_to_probs`).
 
     Args:
         amp: "none", "bf16" or "fp16".
@@ -37,6 +39,12 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "fp16" and device.type != "cuda":
         return None
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+
+
+def eval_autocast(cfg, device: torch.device) -> torch.dtype | None:
+    """Inference autocast of validation, ``test.py`` and ``predict.py``: ``eval.amp``, or ``train.amp`` when
+    ``eval.amp`` is "" (so ``test.py`` scores a checkpoint as the validation that saved it did)."""
+    return autocast_dtype(cfg.eval.amp or cfg.train.amp, device)
 
 
 def window_starts(size: int, crop: int, stride: int) -> list[int]:

@@ -46,6 +46,14 @@ if os.environ.get("ICESEG_TEST_ENOSPC_AT"):  # the n-th checkpoint file this pro
                 raise OSError(errno.ENOSPC, "No space left on device")
         return _save(obj, f, *args, **kwargs)
     torch.save = _failing_save
+if os.environ.get("ICESEG_TEST_BLOCK_FILE"):  # reading this file never returns: a hung network mount
+    import time, numpy
+    _load = numpy.load
+    def _blocking_load(file, *args, **kwargs):
+        if str(file).endswith(os.environ["ICESEG_TEST_BLOCK_FILE"]):
+            time.sleep(3600)
+        return _load(file, *args, **kwargs)
+    numpy.load = _blocking_load
 def _raise(signum, frame):
     raise RuntimeError("test: an exception inside this worker's step (SIGUSR1)")
 signal.signal(signal.SIGUSR1, _raise)
@@ -60,10 +68,12 @@ def _hooks(tmp_path):
 
 
 def _torchrun(torchrun_args, train_args, cwd, name, env=None):
-    """Start ``python -m torch.distributed.run <torchrun_args> train.py <train_args>`` like tests.test_reliability."""
+    """Start ``python -m torch.distributed.run <torchrun_args> train.py <train_args>`` like tests.test_reliability
+    (``torchrun_args`` None: ``python train.py``), with the hooks of ``SITECUSTOMIZE`` importable."""
     env = {**os.environ, "PYTHONPATH": f"{_hooks(cwd)}:{ROOT}", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
            **(env or {})}
-    cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun_args, str(ROOT / "train.py"), *train_args[1:]]
+    run = [] if torchrun_args is None else ["-m", "torch.distributed.run", *torchrun_args]
+    cmd = [sys.executable, *run, str(ROOT / "train.py"), *train_args[1:]]
     work_dir = next(a.split("=", 1)[1] for a in train_args if a.startswith("--train.work_dir="))
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=open(cwd / f"{name}.out", "w"),
                             stderr=open(cwd / f"{name}.err", "w"))
@@ -153,3 +163,30 @@ def test_save_checkpoint_on_a_full_disk_leaves_the_previous_file(tmp_path, monke
     assert e.value.errno == errno.ENOSPC
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["iter"] == 1 and not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["stall", "crash"])
+def test_stalled_or_dead_dataloader_worker_names_the_sample_and_file(tmp_path, fault):
+    """Reading one image never returns in the worker (as on a hung network mount): the run stops after
+    ``data.timeout_s`` (stall), or at once when that worker is SIGKILLed (crash), naming the sample's files."""
+    from iceseg.synthetic import make_glacier_dataset
+    from tests.test_reliability import _children
+
+    root = make_glacier_dataset(tmp_path / "data")
+    timeout = 3 if fault == "stall" else 120
+    proc = _torchrun(None, _args(tmp_path / "run", root, "--data.num_workers=1", f"--data.timeout_s={timeout}"),
+                     tmp_path, fault, env={"ICESEG_TEST_BLOCK_FILE": "masked_0003.npy"})
+    if fault == "crash":
+        t0 = time.time()
+        while not _children(proc.pid) and time.time() - t0 < 60:
+            time.sleep(0.1)
+        time.sleep(5)  # the worker reaches the file in the first epochs and blocks there
+        for pid in _children(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+    out, err = _finish(proc, timeout=90, rc=1)
+    lines = [x for x in err.splitlines() if x.startswith("error:")]
+    cause = "DataLoader timed out after 3.0 seconds (data.timeout_s)" if fault == "stall" else "DataLoader worker (pid(s)"
+    assert len(lines) == 1 and cause in lines[0], err[-3000:]
+    assert lines[0].endswith(f"{root / 'masked_0003.npy'}, {root / '0003.tif'})"), lines[0]
+    assert "while reading sample" in lines[0] and "Traceback" not in err
