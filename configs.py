@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import inspect
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -318,7 +319,8 @@ def from_argv(argv: list[str], prog: str) -> tuple[Config, list[str]]:
         cfg = get_config(argv[i + 1])
         applied = apply_overrides(cfg, argv[:i] + argv[i + 2:])
     except (KeyError, TypeError, ValueError) as e:
-        print(f"error: {e.args[0]}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # once under torchrun
+            print(f"error: {e.args[0]}", file=sys.stderr)
         sys.exit(2)
     if flag == "--print-config":
         print(format_config(cfg))

@@ -499,4 +499,4 @@ if __name__ == "__main__":
     try:
         main()
     except (FileNotFoundError, ImportError, KeyError, ValueError, TypeError, RuntimeError, OSError) as e:
-        sys.exit(f"error: {e.args[0] if e.args else e}")
+        dist.fail(f"error: {e.args[0] if e.args else e}")  # once per job; the process group destroyed first

@@ -15,7 +15,6 @@ the same ``--section.key=value`` overrides as train.py.
 import argparse
 import json
 import resource
-import sys
 import time
 from pathlib import Path
 
@@ -105,4 +104,4 @@ if __name__ == "__main__":
     try:
         main()
     except (FileNotFoundError, KeyError, ValueError, TypeError, RuntimeError) as e:
-        sys.exit(f"error: {e.args[0] if e.args else e}")
+        dist.fail(f"error: {e.args[0] if e.args else e}")  # once per job; the process group destroyed first

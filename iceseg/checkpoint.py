@@ -52,15 +52,21 @@ def save_checkpoint(obj: dict, path: str | os.PathLike, keep_prev: bool = True) 
                                f"{'the previous ' + path.name + ' is unchanged' if path.exists() else 'no file written'}"
                       ) from e
     if keep_prev and path.exists():  # link the old file to .prev.pt first: `path` itself is never missing
-        prev_tmp = path.with_name(path.name + ".prev.tmp")
-        prev_tmp.unlink(missing_ok=True)
-        try:
-            os.link(path, prev_tmp)
-        except OSError:
-            shutil.copyfile(path, prev_tmp)
-        os.replace(prev_tmp, prev_path(path))
+        _link(path, prev_path(path))
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def _link(src: Path, dst: Path) -> None:
+    """``dst`` becomes a hard link to ``src`` (a copy where links are unsupported), made under a temporary name
+    and renamed: ``dst`` is always whole."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -81,14 +87,7 @@ def snapshot(path: str | os.PathLike, it: int, keep: int) -> list[Path]:
         The snapshots kept, oldest first.
     """
     path = Path(path)
-    target = path.with_name(f"iter_{it:06d}.pt")
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(path, tmp)
-    except OSError:
-        shutil.copyfile(path, tmp)
-    os.replace(tmp, target)
+    _link(path, path.with_name(f"iter_{it:06d}.pt"))
     _fsync_dir(path.parent)
     kept = sorted(path.parent.glob("iter_[0-9]*.pt"))
     for old in kept[:-keep]:

@@ -85,10 +85,10 @@ def barrier() -> None:
 
 
 def fail(message: str, code: int = 1, rank0_only: bool = True) -> NoReturn:
-    """Exit with ``message`` on stderr and no traceback. Every rank calls it at the same point (an error all
-    meet alike, or one agreed on by :func:`any_rank`): ``rank0_only`` prints it once; False lets each rank
-    print its own (the rank that met a bad sample passes the line, the others ``""``)."""
-    if message and (get_rank() == 0 or not rank0_only):
+    """Exit with ``message`` on stderr, no traceback; every rank calls it at one point (an error all meet, or one
+    agreed on by :func:`any_rank`). ``rank0_only``: printed once; False: each rank prints its own (or ``""``)."""
+    rank = get_rank() if is_dist() else int(os.environ.get("RANK", 0))  # torchrun's rank before the group exists
+    if message and (rank == 0 or not rank0_only):
         print(message, file=sys.stderr, flush=True)
     cleanup()
     sys.exit(code)

@@ -14,11 +14,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from iceseg.checkpoint import save_checkpoint
+from iceseg.synthetic import make_glacier_dataset
 from tests.conftest import ROOT, free_port
 from tests.test_reliability import (
     LAUNCHED,
@@ -26,13 +29,28 @@ from tests.test_reliability import (
     _args,
     _assert_losses_equal,
     _finish,
+    _kill_all,
     _launch,
-    _no_orphans,  # noqa: F401  (autouse: kills runs a failed test left behind)
     _rows,
     _wait_for_iter,
     _worker_pid,
-    glacier_root,  # noqa: F401  (fixture)
 )
+
+
+@pytest.fixture(autouse=True)
+def _no_orphans():
+    """Runs a failed test left behind are killed (tests.test_reliability's launcher list)."""
+    yield
+    while LAUNCHED:
+        proc = LAUNCHED.pop()
+        if proc.poll() is None:
+            _kill_all(proc)
+
+
+@pytest.fixture(scope="module")
+def glacier_root(tmp_path_factory):
+    """Synthetic glacier tiles written once, before any run."""
+    return make_glacier_dataset(tmp_path_factory.mktemp("glacier_data"))
 
 SITECUSTOMIZE = '''
 import os, signal
@@ -77,7 +95,7 @@ def _torchrun(torchrun_args, train_args, cwd, name, env=None):
     work_dir = next(a.split("=", 1)[1] for a in train_args if a.startswith("--train.work_dir="))
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=open(cwd / f"{name}.out", "w"),
                             stderr=open(cwd / f"{name}.err", "w"))
-    proc.out, proc.err, proc.work_dir = cwd / f"{name}.out", cwd / f"{name}.err", __import__("pathlib").Path(work_dir)
+    proc.out, proc.err, proc.work_dir = cwd / f"{name}.out", cwd / f"{name}.err", Path(work_dir)
     proc.n_rows = len(_rows(proc.work_dir))
     LAUNCHED.append(proc)
     return proc
@@ -134,6 +152,11 @@ def test_best_pt_is_small_and_keep_last_keeps_k_snapshots(tmp_path, glacier_root
     assert "optimizer" not in best and "rng" not in best and "metrics" in best and "MCC" in best["metrics"]
     assert "optimizer" in last and (wd / "best.pt").stat().st_size < 0.5 * (wd / "last.pt").stat().st_size
     assert torch.load(wd / "iter_000008.pt", weights_only=True)["iter"] == MAX_ITERS
+    scene = tmp_path / "scene.npy"  # predict.py (and test.py, in tests/test_train.py) read the slim best.pt
+    np.save(scene, np.random.default_rng(0).random((40, 50, 5)).astype(np.float32))
+    proc = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(scene), "--checkpoint", str(wd / "best.pt"),
+                           "--out", str(tmp_path / "preds")], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0 and (tmp_path / "preds" / "scene_pred.tif").is_file(), proc.stderr[-2000:]
 
 
 @pytest.mark.slow
@@ -170,7 +193,6 @@ def test_save_checkpoint_on_a_full_disk_leaves_the_previous_file(tmp_path, monke
 def test_stalled_or_dead_dataloader_worker_names_the_sample_and_file(tmp_path, fault):
     """Reading one image never returns in the worker (as on a hung network mount): the run stops after
     ``data.timeout_s`` (stall), or at once when that worker is SIGKILLed (crash), naming the sample's files."""
-    from iceseg.synthetic import make_glacier_dataset
     from tests.test_reliability import _children
 
     root = make_glacier_dataset(tmp_path / "data")
