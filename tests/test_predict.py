@@ -273,8 +273,13 @@ def test_skip_existing_all_nodata_and_no_georeferencing(tmp_path, monkeypatch, c
     assert a["pixel_area_m2"] is None and "no georeferencing" in a["area_note"] and a["valid_pixels"] == 2000
     assert all(c["area_km2"] is None for c in a["classes"])
     mtime = (out / "a_pred.tif").stat().st_mtime_ns
+    for f in out.glob("b_*"):  # b as a run killed in the middle of it leaves it: no outputs, its scratch rows
+        f.unlink()
+    (out / ".b_pred.raw.tmp").write_bytes(b"\x07" * 999)
     run_predict(monkeypatch, scenes, "--checkpoint", ckpt, "--out", out, "--skip-existing")
-    assert "a: outputs exist, skipped" in capsys.readouterr().out
+    log = capsys.readouterr().out
+    assert "a: outputs exist, skipped" in log and "b: outputs exist" not in log
+    assert (tifffile.imread(out / "b_pred.tif") == 255).all() and not list(out.glob(".*.tmp"))
     assert (out / "a_pred.tif").stat().st_mtime_ns == mtime and len(json.loads((out / "coverage.json").read_text())["scenes"]) == 2
 
 
