@@ -7,7 +7,8 @@ Inputs: GeoTIFFs (uint8/uint16/int16/float32, strips or tiles, contiguous or pla
 ``(H, W[, C])``, ``.png/.jpg`` images, or folders of them; the bands must be those the config was trained
 on, in the same order, and the config's test pipeline (per-pixel transforms such as Normalize) is applied.
 An AutoICE config (``eval.evaluator = "autoice"``) takes AI4Arctic ``*_prep.nc`` scenes instead.
-Without ``--config`` the checkpoint's own config is used. Scenes are cut into ``eval.crop_size`` windows
+Without ``--config`` the checkpoint's own config is used. ``--checkpoint`` also takes a ``.pt2`` program of
+``dev/export.py`` (its weights and config inside; float32, CPU, windows padded to its multiple of 32). Scenes are cut into ``eval.crop_size`` windows
 every ``eval.stride`` whose logits are blended (``--blend hann|mean``, default ``eval.blend``).
 
 Per scene ``<stem>`` in ``--out``: ``<stem>_pred.tif`` (uint8 classes, 255 = nodata, the input's
@@ -61,6 +62,7 @@ from iceseg.autoice.evaluate import (
 )
 from iceseg.checkpoint import load_checkpoint, unwrap_state_dict
 from iceseg.evaluation import colourise, default_palette, with_legend
+from iceseg.export import load_program
 from iceseg.inference import autocast_dtype
 from iceseg.scene import (
     OUT_NODATA,
@@ -227,6 +229,36 @@ class Progress:
                  + ("" if valid else " -- warning: the scene is all nodata"))
 
 
+def check_program(path, meta: dict, crop_size, amp: str, device: str) -> None:
+    """Refuse what an exported program (``iceseg.export``) cannot run: autocast (it was traced in float32), a
+    CUDA device (it was traced on the CPU), and for a fixed-size program a crop of another size. Raises
+    ValueError naming ``path``."""
+    if amp != "none":
+        raise ValueError(f"{path}: an exported program runs in float32, as it was traced; drop --amp {amp} "
+                         "(or eval.amp), or predict from the train.py checkpoint")
+    if device.startswith("cuda"):
+        raise ValueError(f"{path}: an exported program runs on the CPU here (it was traced there); "
+                         "pass --train.device=cpu or predict from the train.py checkpoint")
+    if meta["input_hw"] is not None and list(crop_size) != list(meta["input_hw"]):
+        raise ValueError(f"{path}: exported for {tuple(meta['input_hw'])} windows only; eval.crop_size is "
+                         f"{tuple(crop_size)}")
+
+
+def check_window(path: Path, raster, crop_size, size_divisor: int, meta: dict) -> None:
+    """With an exported program: the scene's windows (the crop clipped to the scene, padded to
+    ``size_divisor``) must be sizes the program accepts (at least ``min_hw``; exactly ``input_hw`` for a
+    fixed-size program). Raises ValueError naming the scene."""
+    h, w = (-(-min(c, n) // size_divisor) * size_divisor
+            for c, n in zip(crop_size, (raster.height, raster.width), strict=True))
+    fixed, lo = meta["input_hw"], meta["min_hw"]
+    if fixed and [h, w] != list(fixed):
+        raise ValueError(f"{path}: its {h}x{w} windows are not the {fixed[0]}x{fixed[1]} the exported program was "
+                         "traced for; predict it from the train.py checkpoint")
+    if h < lo[0] or w < lo[1]:
+        raise ValueError(f"{path}: its {h}x{w} windows are smaller than the exported program accepts "
+                         f"({lo[0]}x{lo[1]} or more); predict it from the train.py checkpoint")
+
+
 def predict_scene(path: Path, args, cfg, predictor, out: Path, log) -> dict:
     """Predict one scene and write its files; returns its coverage record."""
     E = cfg.eval
@@ -386,7 +418,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("inputs", nargs="+", help="scene files or folders")
     parser.add_argument("--config", default=None, help="named config (default: the checkpoint's own)")
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", required=True, help="train.py checkpoint, or a .pt2 of dev/export.py")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--nodata", type=float, default=None, help="input nodata value (overrides the file's)")
     parser.add_argument("--probs", action="store_true", help="also write per-class probabilities")
@@ -401,7 +433,12 @@ def main() -> None:
     args, overrides = parser.parse_known_args()
     args.rgb_bands = [int(b) for b in args.rgb_bands.split(",")] if args.rgb_bands else []
 
-    ckpt = load_checkpoint(args.checkpoint, map_location="cpu", fallback=False)
+    program = None
+    if str(args.checkpoint).endswith(".pt2"):  # a torch.export program of dev/export.py: weights + config
+        program, stored_cfg, export_meta = load_program(args.checkpoint)
+        ckpt = {"config": stored_cfg}
+    else:
+        ckpt = load_checkpoint(args.checkpoint, map_location="cpu", fallback=False)
     if args.config:
         cfg = configs.get_config(args.config)
     elif isinstance(ckpt.get("config"), dict):
@@ -438,27 +475,38 @@ def main() -> None:
     scenes = list_scenes(args.inputs)
     out = Path(args.out)
     check_out_dir(out)
+    size_divisor = E.size_divisor
+    if program is not None:
+        check_program(args.checkpoint, export_meta, E.crop_size, args.amp or E.amp or "none", cfg.train.device)
+        size_divisor = math.lcm(size_divisor, export_meta["multiple"])
     problems = []
     for path in scenes:  # headers of every scene first: all bad files reported at once, before any model runs
         try:
-            open_scene(path, cfg, args).close()
+            raster = open_scene(path, cfg, args)
+            raster.close()
+            if program is not None:
+                check_window(path, raster, E.crop_size, size_divisor, export_meta)
         except ValueError as e:
             problems.append(str(e))
     if problems:
         raise ValueError("\n".join(problems) if len(problems) == 1 else
                          f"{len(problems)} of {len(scenes)} scenes cannot be read:\n  " + "\n  ".join(problems))
 
-    rank, world, device = dist.init_distributed(cfg.train.device)
-    model = build_inference_model(cfg, unwrap_state_dict(ckpt), device, str(args.checkpoint),
-                                  ckpt.get("config"))
+    rank, world, device = dist.init_distributed("cpu" if program is not None else cfg.train.device)
+    if program is not None:
+        model = program
+    else:
+        model = build_inference_model(cfg, unwrap_state_dict(ckpt), device, str(args.checkpoint),
+                                      ckpt.get("config"))
     if E.resize:
         dist.print0(f"note: eval.resize {tuple(E.resize)} resizes whole {cfg.data.dataset} images in test.py; "
                     "predict.py runs at the scene's own pixel size")
     if autoice:
         model = StackedTasks(model, autoice_tasks(cfg))
     amp = autocast_dtype(args.amp or E.amp or "none", device)  # --amp, else eval.amp (no autocast when "")
-    predictor = TiledPredictor(model, E.crop_size, E.stride, E.size_divisor, args.blend or E.blend, args.batch_size,
-                               build_transforms(D.test_pipeline), device, amp, cfg.train.channels_last)
+    predictor = TiledPredictor(model, E.crop_size, E.stride, size_divisor, args.blend or E.blend, args.batch_size,
+                               build_transforms(D.test_pipeline), device, amp,
+                               cfg.train.channels_last and program is None)
 
     def log(msg):
         print(f"[rank {rank}] {msg}" if world > 1 else msg, flush=True)

@@ -44,14 +44,14 @@ def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
     non-overlapping windows ``(B*nW, ws*ws, C)``, row-major: window index ``b*nW + r*(Wp//ws) + c``."""
     B, Hp, Wp, C = x.shape
     x = x.view(B, Hp // ws, ws, Wp // ws, ws, C)  # (B, Hp/ws, ws, Wp/ws, ws, C)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, C)  # (B*nW, ws*ws, C)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, ws * ws, C)  # (B*nW, ws*ws, C)
 
 
 def window_reverse(windows: torch.Tensor, ws: int, Hp: int, Wp: int) -> torch.Tensor:
     """Inverse of :func:`window_partition`: ``(B*nW, ws*ws, C)`` -> ``(B, Hp, Wp, C)``."""
     C = windows.shape[-1]
     x = windows.view(-1, Hp // ws, Wp // ws, ws, ws, C)  # (B, Hp/ws, Wp/ws, ws, ws, C)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, Hp, Wp, C)  # (B, Hp, Wp, C)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, Hp, Wp, C)  # (B, Hp, Wp, C)
 
 
 def relative_position_index(ws: int, device=None) -> torch.Tensor:
@@ -74,8 +74,9 @@ def shift_window_mask(Hp: int, Wp: int, ws: int, shift: int, device=None,
         i = torch.arange(n, device=device)
         return (i >= n - ws).long() + (i >= n - shift).long()  # (n,), 0 / 1 / 2
 
-    ids = region(Hp)[:, None] * 3 + region(Wp)[None, :]  # (Hp, Wp)
-    ids = window_partition(ids[None, :, :, None], ws).squeeze(-1)  # (nW, N)
+    rows, cols = region(Hp).view(-1, ws), region(Wp).view(-1, ws)  # (Hp/ws, ws), (Wp/ws, ws)
+    # region id of token (i, j) of window (r, c), in window_partition's order (r, c row-major, then i, j)
+    ids = (rows[:, None, :, None] * 3 + cols[None, :, None, :]).view(-1, ws * ws)  # (nW, N)
     diff = ids[:, :, None] != ids[:, None, :]  # (nW, N, N)
     return torch.zeros(diff.shape, device=device, dtype=dtype).masked_fill_(diff, -100.0)
 
@@ -211,8 +212,8 @@ class SwinTransformerBlock(nn.Module):
         B, H, W, C = x.shape
         ws, s = self.window_size, self.shift_size
         shortcut = x
-        x = F.pad(self.norm1(x), (0, 0, 0, (-W) % ws, 0, (-H) % ws))  # (B, Hp, Wp, C): pad, then shift (mmseg)
-        Hp, Wp = x.shape[1], x.shape[2]
+        Hp, Wp = (H + ws - 1) // ws * ws, (W + ws - 1) // ws * ws  # padded to whole windows
+        x = F.pad(self.norm1(x), (0, 0, 0, Wp - W, 0, Hp - H))  # (B, Hp, Wp, C): pad, then shift (mmseg)
         # one name for each stage, so the padded and rolled copies are freed before attention
         x = window_partition(torch.roll(x, shifts=(-s, -s), dims=(1, 2)) if s else x, ws)  # (B*nW, N, C)
         x = window_reverse(self.attn(x, attn_mask if s else None), ws, Hp, Wp)  # (B, Hp, Wp, C)
@@ -281,7 +282,7 @@ class BasicLayer(nn.Module):
         ws = self.window_size
         mask = None
         if len(self.blocks) > 1:  # one mask per stage, on the padded size
-            mask = shift_window_mask(H + (-H) % ws, W + (-W) % ws, ws, ws // 2, x.device, x.dtype)
+            mask = shift_window_mask((H + ws - 1) // ws * ws, (W + ws - 1) // ws * ws, ws, ws // 2, x.device, x.dtype)
         for blk in self.blocks:
             if self.with_cp and x.requires_grad:
                 x = torch.utils.checkpoint.checkpoint(blk, x, mask, use_reentrant=False)

@@ -1,0 +1,135 @@
+"""Trained models as ``torch.export`` programs (``.pt2``) that run without iceseg's source.
+
+    ep = export_model(model, cfg)                    # model: built, weights loaded, eval mode
+    save_program(ep, "unetpp_glacier.pt2", cfg)      # the program + config.json, written atomically
+    net, config, meta = load_program("unetpp_glacier.pt2")   # net(img) -> logits, as the eager model
+
+The program is the model's inference forward, ``(1, C, H, W)`` float32 -> ``(1, K', H, W)`` float32 logits
+(a dict of them for the multi-task DeepLab), traced by ``torch.export.export`` for one image (K-Net's dynamic
+kernels run one image at a time, as mmseg's, which fixes the batch; :func:`load_program` returns a module that
+runs a batch image by image) and, by default, with the height and width dynamic: H and W are ``multiple * n`` (``multiple`` = 32, the output stride of every
+family here), which ``predict.py`` guarantees by padding its windows, with ``n >= 2`` (U-Net++, DeepLab) or
+``n > window_size`` (Swin-based models, :func:`min_size`). ``dynamic=False`` traces one
+fixed ``(H, W)`` instead. The plain model is exported (the reference math: no ``iceseg.fast.optimize``),
+with BatchNorm folded into its convolutions when ``eval.fuse_conv_bn`` is set, as ``predict.py`` runs it.
+
+Loading needs torch only: ``torch.export.load(path).module()`` is the network, and the ``config.json`` and
+``export.json`` extra files hold the training config (``configs.to_dict``) and how it was traced.
+"""
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+
+EXPORT_FORMAT = 1  # version of the export.json record
+MULTIPLE = 32  # dynamic H and W are multiples of this
+
+
+def export_model(model: torch.nn.Module, cfg, dynamic: bool = True, example_hw: tuple[int, int] | None = None,
+                 multiple: int = MULTIPLE) -> torch.export.ExportedProgram:
+    """Trace ``model`` (``forward(img)`` -> logits, eval mode) into an ``ExportedProgram`` on the CPU.
+
+    Args:
+        model: the built segmentor with its weights; it is put in eval mode.
+        cfg: its config (``data.in_channels`` gives C; ``eval.crop_size`` the example size).
+        dynamic: height and width dynamic (multiples of ``multiple``, at least :func:`min_size`); else fixed.
+        example_hw: the traced ``(H, W)``; default ``eval.crop_size`` rounded up to ``multiple`` when dynamic.
+
+    Raises:
+        torch._dynamo.exc.UserError and other ``torch.export`` errors when the model cannot be traced with
+        these shapes (e.g. a shape guard that specialises a dynamic size).
+    """
+    model = model.eval().cpu()
+    n_min = min_size(model, multiple) // multiple if dynamic else 1
+    if example_hw is None:
+        h, w = cfg.eval.crop_size
+        example_hw = (max(-(-h // multiple), n_min) * multiple, max(-(-w // multiple), n_min) * multiple) \
+            if dynamic else (h, w)
+    x = torch.zeros(1, cfg.data.in_channels, *example_hw)  # (1, C, H, W)
+    shapes = None
+    if dynamic:
+        Dim = torch.export.Dim
+        n_max = 16384 // multiple
+        shapes = {"img": {2: multiple * Dim("h", min=n_min, max=n_max), 3: multiple * Dim("w", min=n_min, max=n_max)}}
+    with torch.no_grad():
+        return torch.export.export(_Inference(model), (x,), dynamic_shapes=shapes)
+
+
+def min_size(model: torch.nn.Module, multiple: int = MULTIPLE) -> int:
+    """Smallest height and width (pixels) of a dynamic program of ``model``: ``2 * multiple``, so that the
+    stride-``multiple`` stage has at least two positions along each axis, or for a model with Swin windows
+    (modules with a ``window_size`` attribute, largest ``ws``) ``multiple * (ws + 1)``, so that it has at
+    least two windows. A size of 1 there makes the traced shapes specialise (broadcasting, and strides of
+    equal value in the window permutation), and a program traced on more is refused on fewer by its input
+    guard."""
+    ws = max((int(m.window_size) for m in model.modules() if isinstance(getattr(m, "window_size", None), int)),
+             default=0)
+    return multiple * (ws + 1) if ws else 2 * multiple
+
+
+class _Inference(torch.nn.Module):
+    """``img -> model(img)``: the inference forward alone (no ``label`` argument in the traced signature)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, img: torch.Tensor):
+        return self.model(img)
+
+
+def save_program(ep: torch.export.ExportedProgram, path: str | os.PathLike, cfg, dynamic: bool = True,
+                 example_hw: tuple[int, int] | None = None, multiple: int = MULTIPLE, min_hw: int = MULTIPLE) -> None:
+    """Write ``ep`` to ``path`` (``.pt2``) with ``config.json`` (the config dataclass as plain data, what
+    ``configs.from_dict`` reads) and ``export.json`` (``{"format", "torch", "dynamic", "multiple",
+    "input_hw", "min_hw"}``: ``input_hw`` is the fixed ``(H, W)`` of a static program, else null; ``min_hw``
+    the smallest accepted size, :func:`min_size` of the model), through ``<path>.tmp`` and a rename.
+    ``dynamic``, ``example_hw`` and ``multiple`` are those given to :func:`export_model`."""
+    path = Path(path)
+    hw = list(example_hw) if example_hw else list(cfg.eval.crop_size)
+    meta = {"format": EXPORT_FORMAT, "torch": torch.__version__, "dynamic": bool(dynamic),
+            "multiple": multiple if dynamic else 1, "input_hw": None if dynamic else hw,
+            "min_hw": [min_hw, min_hw] if dynamic else hw}
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:  # a file object: torch.export.save wants a .pt2 name otherwise
+            torch.export.save(ep, f, extra_files={"config.json": json.dumps(dataclasses.asdict(cfg)),
+                                                   "export.json": json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_program(path: str | os.PathLike) -> tuple[torch.nn.Module, dict, dict]:
+    """Load a ``.pt2`` written by :func:`save_program`: ``(network, config dict, export.json dict)``.
+
+    Raises:
+        ValueError: naming the file when it is not a ``torch.export`` archive or lacks the two records.
+    """
+    extra = {"config.json": "", "export.json": ""}
+    try:
+        ep = torch.export.load(path, extra_files=extra)
+    except Exception as e:  # a zip that is not an export archive, a truncated file, another torch's format
+        raise ValueError(f"{path}: not a torch.export program ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    if not extra["config.json"] or not extra["export.json"]:
+        raise ValueError(f"{path}: a torch.export program without iceseg's config.json/export.json records "
+                         "(write it with dev/export.py)")
+    return ProgramModel(ep.module()), json.loads(extra["config.json"]), json.loads(extra["export.json"])
+
+
+class ProgramModel(torch.nn.Module):
+    """A one-image exported program run over a batch: ``(B, C, H, W)`` -> the program's outputs for each
+    image, concatenated on dim 0 (a tensor, or a dict of tensors with the program's keys)."""
+
+    def __init__(self, program: torch.nn.Module):
+        super().__init__()
+        self.program = program
+
+    def forward(self, img: torch.Tensor):
+        outs = [self.program(img[i:i + 1]) for i in range(img.shape[0])]  # each (1, K', H, W) or a dict
+        if isinstance(outs[0], dict):
+            return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+        return torch.cat(outs)
