@@ -55,7 +55,7 @@ def export_model(model: torch.nn.Module, cfg, dynamic: bool = True, example_hw: 
         n_max = 16384 // multiple
         shapes = {"img": {2: multiple * Dim("h", min=n_min, max=n_max), 3: multiple * Dim("w", min=n_min, max=n_max)}}
     with torch.no_grad():
-        return torch.export.export(_Inference(model), (x,), dynamic_shapes=shapes)
+        return torch.export.export(_Inference(model).eval(), (x,), dynamic_shapes=shapes)
 
 
 def min_size(model: torch.nn.Module, multiple: int = MULTIPLE) -> int:
