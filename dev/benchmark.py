@@ -1,7 +1,7 @@
 """Benchmark every iceseg model against its reference implementation in the same run.
 
     python dev/benchmark.py [--cases all|a,b,...] [--repeats 3] [--warmup 0] [--mem-passes 1] [--mem-procs 3] [--device cpu] [--threads 2]
-                        [--json bench.json] [--quick] [--no-ref] [--plain] [--amp none|bf16|fp16]
+                        [--json bench.json] [--quick] [--no-ref] [--plain] [--amp none|bf16|fp16] [--compile]
 
 Dev tool (not part of the library). Each implementation of each case runs in two fresh subprocesses
 (``--worker CASE --impl NAME --what time|memory``) that build our model and, when the reference library imports,
@@ -31,6 +31,9 @@ A train step is forward + loss + backward + ``AdamW.step`` + ``zero_grad``, batc
 ``--amp bf16|fp16`` runs every pass, ours and each reference, under ``torch.autocast`` of that dtype (weights
 fp32; recorded as ``machine.amp`` in the JSON), so a bf16 and an fp32 run compare case by case; the ``matmul``
 rate cases then measure the autocast product too.
+``--compile`` runs ours under ``torch.compile`` (applied to the model after the fast paths, as ``train.compile``
+does in train.py) and, in place of the references, ours eager as the ``eager`` rows (ratios: compiled / eager);
+the first pass, which compiles, is reported apart (``first_s``; FLOPs are not counted through a compile).
 Reference libraries (timm, mmseg 1.2.2 with a stub ``mmcv.ops``, smp, torchvision with the CPU op
 schema workaround of pytorch/vision#9085) are only imported inside try/except; the output says which were
 found. Output: a table on stdout and, with ``--json``, a JSON file ``{"machine": ..., "cases": [...]}``.
@@ -268,6 +271,8 @@ def _ours_as_configured(model, config: str, train: bool):
         model = fuse_conv_bn(model.eval())
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if os.environ.get("ICESEG_BENCH_COMPILE") == "1":  # --compile: as train.py's train.compile does
+        model = torch.compile(model)
     return model, cfg.optim.fused
 
 
@@ -307,10 +312,10 @@ def _swin(s, device, quick, use_ref, train):
         except Exception as e:  # noqa: BLE001
             found["timm"] = f"not available: {type(e).__name__}: {e}"[:200]
     x = _rand((1, 3, H, W), device)
+    impls["ours"], fused = _ours_as_configured(ours, "icesegnet_yrcc2", train)
     models = {**impls, **refs}
     runs = {name: (lambda m=m: m(x)) if name == "ours" else (lambda m=m: m.forward_intermediates(x, intermediates_only=True))
             for name, m in models.items()}
-    fused = _ours_as_configured(ours, "icesegnet_yrcc2", train)[1]
     return {"batch": 1, "impls": _bench_fns(runs, models, train, fused=fused), "refs_found": found}
 
 
@@ -481,7 +486,7 @@ def _deeplab(s, device, quick, use_ref, train):
     models, found = _deeplab_models(device, use_ref)
     x = _rand((1, 18, H, W), device)
     models["ours"], fused = _ours_as_configured(models["ours"], "deeplab_autoice", train)
-    runs = {name: (lambda m=m: m.logits(x)) if name == "ours" else (lambda m=m: m(x)) for name, m in models.items()}
+    runs = {name: (lambda m=m: m(x)) for name, m in models.items()}  # ours: forward(img) = its logits dict
     return {"batch": 1, "impls": _bench_fns(runs, models, train, fused=fused), "refs_found": found}
 
 
@@ -568,7 +573,8 @@ def worker(args) -> dict:
             if args.what == "memory":
                 m = measure_memory(fn, device, args.mem_passes)
             else:
-                m = measure_time(fn, device, args.repeats, args.warmup, batch, args.worker not in RATES)
+                compiled = os.environ.get("ICESEG_BENCH_COMPILE") == "1"  # FLOPs not counted through a compile
+                m = measure_time(fn, device, args.repeats, args.warmup, batch, args.worker not in RATES and not compiled)
             if args.worker in RATES and args.what == "time":
                 m["flops"] = 2 * s["n"] ** 3
                 m["gflops_per_s"] = m["flops"] / m["median_s"] / 1e9
@@ -617,6 +623,9 @@ def table(report: dict) -> str:
             lines.append(f"{c['case']:26s} {name:11s} {m['median_s']:9.3f} {m['images_per_s']:8.3f} "
                          f"{m.get('peak_mem_mib', float('nan')):9.0f} {(m['flops'] or 0) / 1e9:8.1f} {gf or 0:8.1f} {pct} "
                          + (f"{r['time']:7.3f} {r['memory'] or float('nan'):7.3f}" if r else f"{'':7s} {'':7s}"))
+        if report["machine"].get("compile"):
+            firsts = ", ".join(f"{n} {m['first_s']:.1f} s" for n, m in c["impls"].items() if "first_s" in m)
+            lines.append(f"{'':26s} first pass (torch.compile's compilation + one pass): {firsts}")
         for ref, msg in c.get("refs_found", {}).items():
             if str(msg).startswith("not available"):
                 lines.append(f"{'':26s} {ref:11s} {msg[:100]}")
@@ -627,7 +636,13 @@ def table(report: dict) -> str:
 
 
 def _run_worker(args, env: dict, name: str, impl: str, what: str) -> dict:
-    """Run ``--worker name --impl impl --what what`` in a fresh interpreter; its result dict or ``{"error": ...}``."""
+    """Run ``--worker name --impl impl --what what`` in a fresh interpreter; its result dict or ``{"error": ...}``.
+    ``impl`` "eager" (``--compile`` runs) is ours without torch.compile, reported under that name."""
+    if impl == "eager":
+        part = _run_worker(args, {**env, "ICESEG_BENCH_COMPILE": "0"}, name, "ours", what)
+        if "impls" in part:
+            part["impls"] = {"eager": part["impls"].pop("ours")}
+        return part
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--impl", impl, "--what", what,
            "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--mem-passes", str(args.mem_passes),
            "--device", args.device, "--threads", str(args.threads), "--amp", args.amp] + ["--quick"] * args.quick + ["--no-ref"] * args.no_ref
@@ -662,6 +677,8 @@ def main(argv=None) -> int:
                     help="no-mmap: glibc MALLOC_MMAP_MAX_=0 + no trimming for the time workers (reuses freed pages)")
     ap.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
                     help="run every case, ours and each reference, under this autocast (weights stay fp32)")
+    ap.add_argument("--compile", action="store_true",
+                    help="ours under torch.compile (as train.compile) against ours eager ('eager' rows), no references")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
     ap.add_argument("--impl", default="ours", help=argparse.SUPPRESS)
     ap.add_argument("--what", choices=("time", "memory"), default="time", help=argparse.SUPPRESS)
@@ -678,7 +695,10 @@ def main(argv=None) -> int:
         raise ValueError(f"--cases: unknown {unknown}; valid: {', '.join(CASES)}")
     report = {"machine": machine_info(args), "cases": []}
     report["machine"]["mode"] = "plain" if args.plain else "optimized"  # iceseg.fast applied to ours or not
+    report["machine"]["compile"] = args.compile
     os.environ["ICESEG_BENCH_PLAIN"] = "1" if args.plain else "0"  # read by the worker processes
+    os.environ["ICESEG_BENCH_COMPILE"] = "1" if args.compile else "0"
+    args.no_ref = args.no_ref or args.compile
     env = dict(os.environ)
     if args.malloc == "no-mmap":  # glibc: serve every block from the heap and keep it: no page faults per pass
         env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**40))
@@ -705,6 +725,8 @@ def main(argv=None) -> int:
                 res = {"case": name, **part} if "case" in part else {"case": name, "impls": {}, "refs_found": {},
                                                                      **part}
                 todo = [r for r, v in res.get("refs_found", {}).items() if not str(v).startswith("not available")]
+                if args.compile:
+                    todo = ["eager"]
             else:
                 res["impls"].update(part["impls"])
         ours = res["impls"].get("ours", {})
