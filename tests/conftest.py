@@ -21,6 +21,15 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def glacier_root(tmp_path_factory) -> Path:
+    """Synthetic glacier tiles written once per module, before any run (concurrent runs must not race to
+    write them)."""
+    from iceseg.synthetic import make_glacier_dataset
+
+    return make_glacier_dataset(tmp_path_factory.mktemp("glacier_data"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

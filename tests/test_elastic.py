@@ -23,7 +23,7 @@ import torch
 from iceseg.checkpoint import save_checkpoint
 from iceseg.synthetic import make_glacier_dataset
 from tests.conftest import ROOT, free_port
-from tests.test_reliability import (
+from tests.test_reliability import (  # noqa: F401 - _no_orphans: its autouse fixture, killing runs a failed test left
     LAUNCHED,
     MAX_ITERS,
     _args,
@@ -31,26 +31,11 @@ from tests.test_reliability import (
     _finish,
     _kill_all,
     _launch,
+    _no_orphans,
     _rows,
     _wait_for_iter,
     _worker_pid,
 )
-
-
-@pytest.fixture(autouse=True)
-def _no_orphans():
-    """Runs a failed test left behind are killed (tests.test_reliability's launcher list)."""
-    yield
-    while LAUNCHED:
-        proc = LAUNCHED.pop()
-        if proc.poll() is None:
-            _kill_all(proc)
-
-
-@pytest.fixture(scope="module")
-def glacier_root(tmp_path_factory):
-    """Synthetic glacier tiles written once, before any run."""
-    return make_glacier_dataset(tmp_path_factory.mktemp("glacier_data"))
 
 SITECUSTOMIZE = '''
 import os, signal

@@ -20,7 +20,6 @@ import pytest
 import torch
 
 from iceseg.checkpoint import load_checkpoint, prev_path, rng_state, save_checkpoint, set_rng_state
-from iceseg.synthetic import make_glacier_dataset
 from tests.conftest import ROOT, free_port
 
 MAX_ITERS = 8
@@ -39,11 +38,6 @@ def _no_orphans():
         if proc.poll() is None:
             _kill_all(proc)
 
-
-@pytest.fixture(scope="module")
-def glacier_root(tmp_path_factory):
-    """Synthetic glacier tiles written once, before any run (concurrent runs must not race to write them)."""
-    return make_glacier_dataset(tmp_path_factory.mktemp("glacier_data"))
 
 
 def _args(work_dir, data_root, *extra):
