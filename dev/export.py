@@ -11,6 +11,7 @@ absolute logit difference is printed; the export fails (exit 1, file removed) ab
 """
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -21,10 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import configs  # noqa: E402
-from iceseg.checkpoint import load_checkpoint, load_model_state, unwrap_state_dict  # noqa: E402
-from iceseg.export import MULTIPLE, export_model, load_program, min_size, save_program  # noqa: E402
-from iceseg.fast import fuse_conv_bn  # noqa: E402
-from iceseg.segmentor import build_model  # noqa: E402
+from iceseg.checkpoint import load_checkpoint, unwrap_state_dict  # noqa: E402
+from iceseg.export import MULTIPLE, export_model, load_program, save_program  # noqa: E402
+from iceseg.segmentor import build_inference_model  # noqa: E402
 
 
 def max_abs_diff(a, b) -> float:
@@ -55,24 +55,23 @@ def main() -> None:
             raise ValueError(f"{args.checkpoint}: stores no config; give --config NAME")
         configs.apply_overrides(cfg, overrides)
         cfg.model.pretrained = ""
-        model = build_model(cfg)
-        load_model_state(model, unwrap_state_dict(ckpt), str(args.checkpoint), cfg.name, stored)
+        plain = copy.deepcopy(cfg)  # the plain model (iceseg.fast is not exported); cfg is stored as it is
+        plain.train.fast_paths = plain.train.channels_last = False
+        model = build_inference_model(plain, unwrap_state_dict(ckpt), torch.device("cpu"), str(args.checkpoint),
+                                      stored)
     except (FileNotFoundError, ValueError, KeyError) as e:
         sys.exit(f"error: {e.args[0] if e.args else e}")
-    model.eval()
-    if cfg.eval.fuse_conv_bn:
-        fuse_conv_bn(model)
     dynamic = not args.static
-    lo = min_size(model)
     t0 = time.time()
-    ep = export_model(model, cfg, dynamic=dynamic)
+    ep, meta = export_model(model, cfg, dynamic=dynamic)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_program(ep, out, cfg, dynamic=dynamic, min_hw=lo)
-    shape = f"H and W multiples of {MULTIPLE} from {lo}" if dynamic else f"fixed {tuple(cfg.eval.crop_size)}"
+    save_program(ep, meta, out, cfg)
+    lo = meta["min_hw"][0]
+    shape = f"H and W multiples of {MULTIPLE} from {lo}" if dynamic else f"fixed {tuple(meta['input_hw'])}"
     print(f"{out}: {cfg.model.name} of config {cfg.name!r}, one image, {shape}; traced in {time.time() - t0:.1f} s")
 
-    net, _, meta = load_program(out)
+    net, _, _ = load_program(out)
     if args.check_sizes:
         sizes = [tuple(int(v) for v in s.split(",")) for s in args.check_sizes.split(";")]
     elif dynamic:

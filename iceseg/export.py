@@ -1,7 +1,7 @@
 """Trained models as ``torch.export`` programs (``.pt2``) that run without iceseg's source.
 
-    ep = export_model(model, cfg)                    # model: built, weights loaded, eval mode
-    save_program(ep, "unetpp_glacier.pt2", cfg)      # the program + config.json, written atomically
+    ep, meta = export_model(model, cfg)              # model: built, weights loaded, eval mode
+    save_program(ep, meta, "unetpp_glacier.pt2", cfg)   # the program + config.json + export.json, atomically
     net, config, meta = load_program("unetpp_glacier.pt2")   # net(img) -> logits, as the eager model
 
 The program is the model's inference forward, ``(1, C, H, W)`` float32 -> ``(1, K', H, W)`` float32 logits
@@ -29,8 +29,12 @@ MULTIPLE = 32  # dynamic H and W are multiples of this
 
 
 def export_model(model: torch.nn.Module, cfg, dynamic: bool = True, example_hw: tuple[int, int] | None = None,
-                 multiple: int = MULTIPLE) -> torch.export.ExportedProgram:
+                 multiple: int = MULTIPLE) -> tuple[torch.export.ExportedProgram, dict]:
     """Trace ``model`` (``forward(img)`` -> logits, eval mode) into an ``ExportedProgram`` on the CPU.
+
+    Returns ``(program, meta)``; ``meta`` is the ``export.json`` record :func:`save_program` stores:
+    ``{"format", "torch", "dynamic", "multiple", "input_hw", "min_hw"}`` (``input_hw``: the fixed ``(H, W)``
+    of a static program, else null; ``min_hw``: the smallest accepted ``(H, W)``, :func:`min_size`).
 
     Args:
         model: the built segmentor with its weights; it is put in eval mode.
@@ -43,7 +47,8 @@ def export_model(model: torch.nn.Module, cfg, dynamic: bool = True, example_hw: 
         these shapes (e.g. a shape guard that specialises a dynamic size).
     """
     model = model.eval().cpu()
-    n_min = min_size(model, multiple) // multiple if dynamic else 1
+    lo = min_size(model, multiple)
+    n_min = lo // multiple if dynamic else 1
     if example_hw is None:
         h, w = cfg.eval.crop_size
         example_hw = (max(-(-h // multiple), n_min) * multiple, max(-(-w // multiple), n_min) * multiple) \
@@ -55,7 +60,11 @@ def export_model(model: torch.nn.Module, cfg, dynamic: bool = True, example_hw: 
         n_max = 16384 // multiple
         shapes = {"img": {2: multiple * Dim("h", min=n_min, max=n_max), 3: multiple * Dim("w", min=n_min, max=n_max)}}
     with torch.no_grad():
-        return torch.export.export(_Inference(model).eval(), (x,), dynamic_shapes=shapes)
+        ep = torch.export.export(_Inference(model).eval(), (x,), dynamic_shapes=shapes)
+    meta = {"format": EXPORT_FORMAT, "torch": torch.__version__, "dynamic": dynamic,
+            "multiple": multiple if dynamic else 1, "input_hw": None if dynamic else list(example_hw),
+            "min_hw": [lo, lo] if dynamic else list(example_hw)}
+    return ep, meta
 
 
 def min_size(model: torch.nn.Module, multiple: int = MULTIPLE) -> int:
@@ -81,18 +90,11 @@ class _Inference(torch.nn.Module):
         return self.model(img)
 
 
-def save_program(ep: torch.export.ExportedProgram, path: str | os.PathLike, cfg, dynamic: bool = True,
-                 example_hw: tuple[int, int] | None = None, multiple: int = MULTIPLE, min_hw: int = MULTIPLE) -> None:
+def save_program(ep: torch.export.ExportedProgram, meta: dict, path: str | os.PathLike, cfg) -> None:
     """Write ``ep`` to ``path`` (``.pt2``) with ``config.json`` (the config dataclass as plain data, what
-    ``configs.from_dict`` reads) and ``export.json`` (``{"format", "torch", "dynamic", "multiple",
-    "input_hw", "min_hw"}``: ``input_hw`` is the fixed ``(H, W)`` of a static program, else null; ``min_hw``
-    the smallest accepted size, :func:`min_size` of the model), through ``<path>.tmp`` and a rename.
-    ``dynamic``, ``example_hw`` and ``multiple`` are those given to :func:`export_model`."""
+    ``configs.from_dict`` reads) and ``export.json`` (``meta``, as :func:`export_model` returned it), through
+    ``<path>.tmp`` and a rename."""
     path = Path(path)
-    hw = list(example_hw) if example_hw else list(cfg.eval.crop_size)
-    meta = {"format": EXPORT_FORMAT, "torch": torch.__version__, "dynamic": bool(dynamic),
-            "multiple": multiple if dynamic else 1, "input_hw": None if dynamic else hw,
-            "min_hw": [min_hw, min_hw] if dynamic else hw}
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:  # a file object: torch.export.save wants a .pt2 name otherwise

@@ -37,8 +37,7 @@ def programs(tmp_path_factory):
         torch.manual_seed(0)
         ckpt = folder / f"{name}.pt"
         torch.save({"model": build_model(cfg).state_dict(), "config": configs.to_dict(cfg)}, ckpt)
-        ep = export_model(model, cfg)
-        save_program(ep, folder / f"{name}.pt2", cfg, min_hw=min_size(model))
+        save_program(*export_model(model, cfg), folder / f"{name}.pt2", cfg)
         out[name] = (ckpt, folder / f"{name}.pt2")
     return out
 
