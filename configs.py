@@ -564,7 +564,8 @@ def demo() -> Config:
     cfg.optim.lr, cfg.optim.weight_decay = 1e-3, 0.01  # from scratch: higher lr than the fine-tuning recipe
     cfg.schedule = ScheduleConfig(name="cosine", warmup_iters=20, min_lr=1e-5)
     cfg.train = TrainConfig(work_dir="work_dirs/demo", max_iters=300, val_interval=100, ckpt_interval=100,
-                            log_interval=10, best_metric="mIoU", sync_bn_exclude=cfg.train.sync_bn_exclude)
+                            log_interval=10, best_metric="mIoU", sync_bn_exclude=cfg.train.sync_bn_exclude,
+                            channels_last=cfg.train.channels_last)
     cfg.eval.resize, cfg.eval.tta_scales = (), [0.75, 1.0, 1.25]
     return cfg
 
@@ -604,7 +605,8 @@ def icesegnet_yrcc2() -> Config:
                                   t_max=79_500)  # written for 80k, stopped at 60k (final lr ~9.7e-6, spec §8.5)
     cfg.train = TrainConfig(work_dir="work_dirs/icesegnet_yrcc2", seed=42, max_iters=60_000, val_interval=250,
                             ckpt_interval=250, log_interval=50, best_metric="mIoU",
-                            sync_bn_exclude=["neck"])  # SEFPN's BN is per GPU in the authors' runs (spec §1.3)
+                            sync_bn_exclude=["neck"],  # SEFPN's BN is per GPU in the authors' runs (spec §1.3)
+                            channels_last=True)  # the 512-wide heads' convs (README: Performance)
     cfg.eval = EvalConfig(mode="whole", resize=(2048, 1024),  # 1600x640 -> 2048x819, logits back to 1600x640
                           tta_scales=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75],  # x the original size (spec §3.3)
                           tta_flips=["horizontal"], class_names=list(NWPU_YRCC2_NAMES), palette=NWPU_YRCC2_PALETTE,
@@ -643,7 +645,8 @@ def _nwpu_debug(cfg: Config, name: str, heads: dict) -> Config:
         channels=32, aux_channels=16, **heads)
     cfg.schedule.warmup_iters, cfg.schedule.t_max = 1, 0
     cfg.train = TrainConfig(work_dir=f"work_dirs/{name}", seed=42, max_iters=4, val_interval=4, ckpt_interval=4,
-                            log_interval=1, sync_bn_exclude=cfg.train.sync_bn_exclude)
+                            log_interval=1, sync_bn_exclude=cfg.train.sync_bn_exclude,
+                            channels_last=cfg.train.channels_last)
     cfg.eval.resize, cfg.eval.tta_scales = (320, 128), [0.75, 1.0]  # 160x400 scenes -> 128x320
     return cfg
 

@@ -497,7 +497,7 @@ def main() -> None:
         model = program
     else:
         model = build_inference_model(cfg, unwrap_state_dict(ckpt), device, str(args.checkpoint),
-                                      ckpt.get("config"))
+                                      ckpt.get("config"), autocast_dtype(args.amp or E.amp or "none", device))
     if E.resize:
         dist.print0(f"note: eval.resize {tuple(E.resize)} resizes whole {cfg.data.dataset} images in test.py; "
                     "predict.py runs at the scene's own pixel size")

@@ -61,8 +61,9 @@ def main() -> None:
         dist.print0(f"note: validation in train.py ran with {ckpt['threads']} CPU thread(s) per process, this run with "
                     f"{torch.get_num_threads()}: scores may differ in the last digits (OMP_NUM_THREADS="
                     f"{ckpt['threads']} reproduces them exactly)")
+    amp = eval_autocast(cfg, device)  # eval.amp; "" (default): train.amp, the autocast of validation in train.py
     model = build_inference_model(cfg, unwrap_state_dict(ckpt), device, str(args.checkpoint),
-                                  ckpt.get("config"))  # fast paths and folded BN, as validation
+                                  ckpt.get("config"), amp)  # fast paths and folded BN, as validation
     if cfg.train.compile:
         model = torch.compile(model)
 
@@ -77,7 +78,6 @@ def main() -> None:
         E.mode = args.mode
     evaluator = build_evaluator(cfg, device)
     t0 = time.time()
-    amp = eval_autocast(cfg, device)  # eval.amp; "" (default): train.amp, the autocast of validation in train.py
     with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         for batch in loader:
             evaluator.update(model, to_device(batch, device), show_dir=show_dir, tta=args.tta)

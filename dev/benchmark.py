@@ -1,7 +1,8 @@
 """Benchmark every iceseg model against its reference implementation in the same run.
 
     python dev/benchmark.py [--cases all|a,b,...] [--repeats 3] [--warmup 0] [--mem-passes 1] [--mem-procs 3] [--device cpu] [--threads 2]
-                        [--json bench.json] [--quick] [--no-ref] [--plain] [--amp none|bf16|fp16] [--compile]
+                        [--json bench.json] [--quick] [--no-ref] [--plain] [--amp none|bf16|fp16] [--vs-fp32]
+                        [--compile]
 
 Dev tool (not part of the library). Each implementation of each case runs in two fresh subprocesses
 (``--worker CASE --impl NAME --what time|memory``) that build our model and, when the reference library imports,
@@ -30,7 +31,8 @@ over the pass minus the memory allocated before it.
 A train step is forward + loss + backward + ``AdamW.step`` + ``zero_grad``, batch 1 unless the case says.
 ``--amp bf16|fp16`` runs every pass, ours and each reference, under ``torch.autocast`` of that dtype (weights
 fp32; recorded as ``machine.amp`` in the JSON), so a bf16 and an fp32 run compare case by case; the ``matmul``
-rate cases then measure the autocast product too.
+rate cases then measure the autocast product too. ``--vs-fp32`` (with ``--amp``) adds ours without autocast as the
+``fp32`` rows of the same run (ratios: ours under autocast / ours fp32; the speed-up is the inverse).
 ``--compile`` runs ours under ``torch.compile`` (applied to the model after the fast paths, as ``train.compile``
 does in train.py) and, in place of the references, ours eager as the ``eager`` rows (ratios: compiled / eager);
 the first pass, which compiles, is reported apart (``first_s``; FLOPs are not counted through a compile).
@@ -258,10 +260,12 @@ def _ours_as_configured(model, config: str, train: bool):
     """Our model (weights loaded) the way train.py (``train``) or test.py runs config ``config``:
     ``(model, optim.fused)``. ``iceseg.fast.optimize`` applied (``train.fast_paths``) unless ``--plain``;
     ``train.channels_last`` applied (NCHW input, as the data loader gives it: the convs switch to NHWC); for
-    inference eval mode and, with ``eval.fuse_conv_bn`` (not with ``--plain``), BatchNorm folded into the convs.
-    Modifies ``model`` in place."""
+    inference eval mode and, with ``eval.fuse_conv_bn`` (not with ``--plain``), BatchNorm folded into the convs,
+    and under ``--amp`` the weights stored in its dtype (``iceseg.fast.autocast_weights``, as
+    ``build_inference_model`` does for test.py and predict.py). Modifies ``model`` in place."""
     import configs
-    from iceseg.fast import fuse_conv_bn, optimize
+    from iceseg.fast import autocast_weights, fuse_conv_bn, optimize
+    from iceseg.inference import autocast_dtype
 
     cfg = configs.get_config(config)
     plain = os.environ.get("ICESEG_BENCH_PLAIN") == "1"
@@ -269,6 +273,9 @@ def _ours_as_configured(model, config: str, train: bool):
         optimize(model)
     if not train and cfg.eval.fuse_conv_bn and not plain:
         model = fuse_conv_bn(model.eval())
+    amp = autocast_dtype(os.environ.get("ICESEG_BENCH_AMP", "none"), next(model.parameters()).device)
+    if not train and amp is not None and cfg.train.fast_paths and not plain:
+        model = autocast_weights(model.eval(), amp)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if os.environ.get("ICESEG_BENCH_COMPILE") == "1":  # --compile: as train.py's train.compile does
@@ -556,6 +563,7 @@ def worker(args) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
+    os.environ["ICESEG_BENCH_AMP"] = args.amp  # read by _ours_as_configured
     desc, full, quick_s = CASES[args.worker]
     s = quick_s if args.quick else full
     built = globals()[f"case_{args.worker}"](s, device, args.quick, not args.no_ref)
@@ -623,6 +631,8 @@ def table(report: dict) -> str:
             lines.append(f"{c['case']:26s} {name:11s} {m['median_s']:9.3f} {m['images_per_s']:8.3f} "
                          f"{m.get('peak_mem_mib', float('nan')):9.0f} {(m['flops'] or 0) / 1e9:8.1f} {gf or 0:8.1f} {pct} "
                          + (f"{r['time']:7.3f} {r['memory'] or float('nan'):7.3f}" if r else f"{'':7s} {'':7s}"))
+        if "fp32" in c["ratios"]:
+            lines.append(f"{'':26s} {report['machine']['amp']} speed-up over our fp32: {1 / c['ratios']['fp32']['time']:.2f}x")
         if report["machine"].get("compile"):
             firsts = ", ".join(f"{n} {m['first_s']:.1f} s" for n, m in c["impls"].items() if "first_s" in m)
             lines.append(f"{'':26s} first pass (torch.compile's compilation + one pass): {firsts}")
@@ -637,11 +647,13 @@ def table(report: dict) -> str:
 
 def _run_worker(args, env: dict, name: str, impl: str, what: str) -> dict:
     """Run ``--worker name --impl impl --what what`` in a fresh interpreter; its result dict or ``{"error": ...}``.
-    ``impl`` "eager" (``--compile`` runs) is ours without torch.compile, reported under that name."""
-    if impl == "eager":
-        part = _run_worker(args, {**env, "ICESEG_BENCH_COMPILE": "0"}, name, "ours", what)
+    ``impl`` "eager" (``--compile`` runs) is ours without torch.compile, "fp32" (``--vs-fp32``) ours without
+    autocast, each reported under that name."""
+    if impl in ("eager", "fp32"):  # ours without torch.compile / without autocast
+        part = _run_worker(argparse.Namespace(**{**vars(args), "amp": "none"}) if impl == "fp32" else args,
+                           {**env, "ICESEG_BENCH_COMPILE": "0"} if impl == "eager" else env, name, "ours", what)
         if "impls" in part:
-            part["impls"] = {"eager": part["impls"].pop("ours")}
+            part["impls"] = {impl: part["impls"].pop("ours")}
         return part
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--impl", impl, "--what", what,
            "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--mem-passes", str(args.mem_passes),
@@ -677,6 +689,8 @@ def main(argv=None) -> int:
                     help="no-mmap: glibc MALLOC_MMAP_MAX_=0 + no trimming for the time workers (reuses freed pages)")
     ap.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
                     help="run every case, ours and each reference, under this autocast (weights stay fp32)")
+    ap.add_argument("--vs-fp32", action="store_true",
+                    help="with --amp: also run ours without autocast ('fp32' rows; ratio = ours amp / ours fp32)")
     ap.add_argument("--compile", action="store_true",
                     help="ours under torch.compile (as train.compile) against ours eager ('eager' rows), no references")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
@@ -696,6 +710,7 @@ def main(argv=None) -> int:
     report = {"machine": machine_info(args), "cases": []}
     report["machine"]["mode"] = "plain" if args.plain else "optimized"  # iceseg.fast applied to ours or not
     report["machine"]["compile"] = args.compile
+    report["machine"]["vs_fp32"] = args.vs_fp32 and args.amp != "none"
     os.environ["ICESEG_BENCH_PLAIN"] = "1" if args.plain else "0"  # read by the worker processes
     os.environ["ICESEG_BENCH_COMPILE"] = "1" if args.compile else "0"
     args.no_ref = args.no_ref or args.compile
@@ -727,6 +742,8 @@ def main(argv=None) -> int:
                 todo = [r for r, v in res.get("refs_found", {}).items() if not str(v).startswith("not available")]
                 if args.compile:
                     todo = ["eager"]
+                elif args.vs_fp32 and args.amp != "none":
+                    todo.append("fp32")
             else:
                 res["impls"].update(part["impls"])
         ours = res["impls"].get("ours", {})

@@ -16,7 +16,9 @@ and can be left out (``optimize(model, linear=False, ...)`` or not calling it at
   gradients the conv's backward did not win on every CPU measured, so training keeps ``F.linear``; so do
   CUDA, other dtypes and ``torch.backends.mkldnn.enabled = False``.
 - ``attention``: Swin window attention adds the relative-position bias and the shift mask to the logits
-  in place (mmseg's order), so no second ``(B*nW, nH, N, N)`` buffer exists.
+  in place (mmseg's order), so no second ``(B*nW, nH, N, N)`` buffer exists. Under autocast the logits are
+  first promoted to the bias's fp32, as the reference's out-of-place sum promotes them, so the softmax runs
+  in fp32 there too.
 - ``recompute_act``: in training, the GELU (and dropout, same RNG) of Swin MLPs at least ``recompute_min_dim``
   wide is recomputed in backward instead of being kept for fc2's weight gradient (torch selective activation
   checkpointing that keeps the matrix products); bit-identical gradients, one GELU more per such block. The
@@ -26,6 +28,8 @@ and can be left out (``optimize(model, linear=False, ...)`` or not calling it at
 - ``fpn_bottleneck``: UPerHead's 3x3 conv over the concatenated levels runs as the sum of its per-level
   weight slices (a conv is linear in its input channels), so the ``(B, P*C, H, W)`` concat never exists.
 - :func:`fuse_conv_bn` (inference): BatchNorm folded into the conv before it.
+- :func:`autocast_weights` (inference under autocast): linear and conv weights stored once in the autocast
+  dtype, which autocast would otherwise cast from fp32 on every call.
 
 Measured effects are in README (Performance) and ``dev/benchmark.py``'s output, not here.
 """
@@ -74,6 +78,8 @@ class InPlaceWindowAttention(WindowAttention):
         B_, nH, N, _ = q.shape
         nW = 1 if mask is None else mask.shape[0]
         attn = (q * self.scale) @ k.transpose(-2, -1)  # (B*nW, nH, N, N)
+        if attn.dtype != bias.dtype:  # autocast: bf16/fp16 products, fp32 logits (the reference's type promotion)
+            attn = attn.to(torch.promote_types(attn.dtype, bias.dtype))
         attn.view(-1, nW, nH, N, N).add_(bias)  # (B, nW, nH, N, N) view
         if mask is not None:
             attn.view(-1, nW, nH, N, N).add_(mask[:, None])  # (B, nW, nH, N, N) view
@@ -184,4 +190,37 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
                     and conv.out_channels == bn.num_features):
                 parent._modules[a] = fuse_conv_bn_eval(conv, bn)
                 parent._modules[b] = nn.Identity()
+    return model
+
+
+def autocast_weights(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Store the weights and biases of ``nn.Linear`` and ``nn.Conv2d`` layers in ``dtype`` (inference only).
+
+    Under ``torch.autocast(device, dtype)`` a linear or conv casts its fp32 weight and bias to ``dtype`` on every
+    call (``torch.autocast``'s lower-precision op list); casting them once gives the same products with none of
+    those per-call copies, and half the weight memory. Outputs are bit-identical to the fp32-weight model under
+    the same autocast (``tests/test_fast.py``), but the model then runs only under that autocast: without it the
+    layers meet fp32 inputs and raise. Not applied: subclasses (``nn.MultiheadAttention``'s ``out_proj``), norm
+    layers and other parameters (autocast keeps them fp32). K-Net's ``conv_seg`` weight, also its initial kernels,
+    meets only linear layers there, which autocast casts anyway.
+
+    Args:
+        model: an inference model (eval mode), modified in place.
+        dtype: the autocast dtype it will run under, ``torch.bfloat16`` or ``torch.float16``.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        ValueError: if ``dtype`` is not a 16-bit float type or the model is in training mode.
+    """
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"autocast_weights: dtype must be torch.bfloat16 or torch.float16, got {dtype}")
+    if model.training:
+        raise ValueError("autocast_weights: inference only; call model.eval() first")
+    for m in model.modules():
+        if type(m) in (nn.Linear, OneDNNLinear, nn.Conv2d):
+            for p in (m.weight, m.bias):
+                if p is not None and p.is_floating_point():
+                    p.data = p.data.to(dtype)
     return model

@@ -405,13 +405,15 @@ def convert_sync_batchnorm(model: nn.Module, exclude=()) -> nn.Module:
 
 
 def build_inference_model(cfg, state_dict: dict, device: torch.device, source: str = "checkpoint",
-                          trained_with: dict | None = None) -> nn.Module:
+                          trained_with: dict | None = None, autocast: torch.dtype | None = None) -> nn.Module:
     """The model of ``cfg`` with ``state_dict`` loaded, in eval mode, as ``test.py`` and ``predict.py`` run it.
 
     ``iceseg.fast.optimize`` is applied when ``train.fast_paths`` is set (as in train.py's validation),
     BatchNorm is folded into the conv before it when ``eval.fuse_conv_bn`` is set (one conv per pair: less
     memory and time, the same outputs to ~1e-6), and the model is moved to ``device``, channels-last when
-    ``train.channels_last`` is set.
+    ``train.channels_last`` is set. With ``autocast`` (the dtype the caller runs it under, e.g.
+    ``iceseg.inference.eval_autocast``) and ``train.fast_paths``, linear and conv weights are stored in that dtype
+    (``iceseg.fast.autocast_weights``: the same outputs under that autocast; the model then needs it).
 
     ``source`` (the file) and ``trained_with`` (its stored config) name the checkpoint in the message when
     its weights do not fit (``iceseg.checkpoint.load_model_state``).
@@ -420,7 +422,7 @@ def build_inference_model(cfg, state_dict: dict, device: torch.device, source: s
         KeyError, ValueError: as :func:`build_model`; ValueError: missing, unexpected or reshaped keys.
     """
     from iceseg.checkpoint import load_model_state
-    from iceseg.fast import fuse_conv_bn, optimize
+    from iceseg.fast import autocast_weights, fuse_conv_bn, optimize
 
     model = build_model(cfg)
     load_model_state(model, state_dict, source, cfg.name, trained_with)
@@ -429,4 +431,6 @@ def build_inference_model(cfg, state_dict: dict, device: torch.device, source: s
         optimize(model)
     if cfg.eval.fuse_conv_bn:
         fuse_conv_bn(model)
+    if autocast is not None and cfg.train.fast_paths:
+        autocast_weights(model, autocast)
     return model.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format)

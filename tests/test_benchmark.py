@@ -46,3 +46,18 @@ def test_quick_json_fields(tmp_path, capsys):
 def test_unknown_case_raises():
     with pytest.raises(ValueError, match="unknown"):
         benchmark.main(["--cases", "nope"])
+
+
+def test_amp_run_with_fp32_rows(tmp_path, capsys):
+    """``--amp bf16 --vs-fp32``: ours under autocast and ours in fp32 as the ``fp32`` row of the same run."""
+    out = tmp_path / "bench.json"
+    benchmark.main(["--quick", "--no-ref", "--amp", "bf16", "--vs-fp32", "--cases", "unetpp_infer_512",
+                    "--repeats", "1", "--mem-procs", "1", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["machine"]["amp"] == "bf16" and report["machine"]["vs_fp32"] is True
+    case = report["cases"][0]
+    assert set(case["impls"]) == {"ours", "fp32"}, case["impls"]
+    ours, fp32 = case["impls"]["ours"], case["impls"]["fp32"]
+    assert fp32["median_s"] > 0 and fp32["peak_mem_mib"] > 0
+    assert case["ratios"]["fp32"]["time"] == pytest.approx(ours["median_s"] / fp32["median_s"])
+    assert "bf16 speed-up over our fp32" in capsys.readouterr().out

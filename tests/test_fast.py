@@ -8,7 +8,14 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import configs
-from iceseg.fast import InPlaceWindowAttention, OneDNNLinear, RecomputeMlp, optimize
+from iceseg.fast import (
+    InPlaceWindowAttention,
+    OneDNNLinear,
+    RecomputeMlp,
+    autocast_weights,
+    fuse_conv_bn,
+    optimize,
+)
 from iceseg.models.swin import Mlp
 from iceseg.segmentor import build_model
 
@@ -53,6 +60,52 @@ def test_optimized_model_equals_the_reference_model(name):
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
     for n, g in grads[0].items():
         torch.testing.assert_close(grads[1][n], g, atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_optimized_swin_under_bf16_autocast_equals_the_reference():
+    """Under autocast the in-place attention must promote the bf16 logits to fp32 before adding the bias, as the
+    reference's out-of-place sum does; adding into the bf16 buffer rounds the logits and softmaxes in bf16."""
+    from iceseg.models.swin import SwinTransformer, swin_tiny
+
+    torch.manual_seed(0)
+    ref = SwinTransformer(swin_tiny(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))).eval()
+    with torch.no_grad():  # a bias table of the size trained ones reach (init is trunc_normal std 0.02)
+        for m in ref.modules():
+            if hasattr(m, "relative_position_bias_table"):
+                m.relative_position_bias_table.normal_(0, 2)
+    fast = optimize(copy.deepcopy(ref), linear=False, recompute_act=False)
+    assert any(isinstance(m, InPlaceWindowAttention) for m in fast.modules())
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = ref(x), fast(x)
+    for u, v in zip(a, b, strict=True):
+        assert u.dtype == v.dtype
+        torch.testing.assert_close(v.float(), u.float(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["icesegnet_yrcc2_debug", "knet_yrcc2_debug", "unetpp_glacier_debug",
+                                  "deeplab_autoice_debug"])
+def test_autocast_weights_give_the_autocast_outputs_exactly(name):
+    """Weights stored in bf16 once == fp32 weights cast by autocast on every call, bit for bit, for every family
+    (inference, BN folded, as build_inference_model runs it)."""
+    cfg = configs.get_config(name)
+    torch.manual_seed(0)
+    ref = fuse_conv_bn(optimize(build_model(cfg)).eval())
+    fast = autocast_weights(copy.deepcopy(ref), torch.bfloat16)
+    dtypes = collections.Counter(p.dtype for p in fast.parameters())
+    assert dtypes[torch.bfloat16] > 10, dtypes
+    if name.startswith(("icesegnet", "knet")):  # LayerNorms, bias tables: fp32 (BN of the CNNs is folded)
+        assert dtypes[torch.float32] > 0, dtypes
+    if name.startswith("knet"):  # conv_seg's weight is also the initial kernels of the kernel update
+        assert fast.decode_head.kernel_generate_head.conv_seg.weight.dtype == torch.bfloat16
+    x, _ = _batch(cfg)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = ref(x), fast(x)
+    for u, v in zip(a.values() if isinstance(a, dict) else [a], b.values() if isinstance(b, dict) else [b], strict=True):
+        assert u.dtype == v.dtype
+        torch.testing.assert_close(v, u, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="eval"):
+        autocast_weights(build_model(cfg), torch.bfloat16)
 
 
 def test_optimize_is_idempotent_and_switchable():
