@@ -15,6 +15,10 @@ with BatchNorm folded into its convolutions when ``eval.fuse_conv_bn`` is set, a
 
 Loading needs torch only: ``torch.export.load(path).module()`` is the network, and the ``config.json`` and
 ``export.json`` extra files hold the training config (``configs.to_dict``) and how it was traced.
+
+The same program converts to ONNX (:func:`save_onnx`, torch's ``torch.onnx.export(..., dynamo=True)``; needs the
+optional packages ``onnx`` and ``onnxscript``) with the two records as model metadata; :func:`load_onnx` runs
+it on ONNX Runtime (optional package ``onnxruntime``). Neither package is needed to import this module.
 """
 
 import dataclasses
@@ -59,8 +63,18 @@ def export_model(model: torch.nn.Module, cfg, dynamic: bool = True, example_hw: 
         Dim = torch.export.Dim
         n_max = 16384 // multiple
         shapes = {"img": {2: multiple * Dim("h", min=n_min, max=n_max), 3: multiple * Dim("w", min=n_min, max=n_max)}}
-    with torch.no_grad():
-        ep = torch.export.export(_Inference(model).eval(), (x,), dynamic_shapes=shapes)
+    # torch's decomposition of adaptive average pooling (UPerHead's pyramid pooling) over a dynamic size converts
+    # to ONNX gathers that index out of range on other sizes; pooling matrices trace to plain products instead
+    swapped = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+               if type(child) is torch.nn.AdaptiveAvgPool2d]
+    try:
+        for parent, name, child in swapped:
+            setattr(parent, name, MatrixAdaptiveAvgPool2d(child.output_size))
+        with torch.no_grad():
+            ep = torch.export.export(_Inference(model).eval(), (x,), dynamic_shapes=shapes)
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
     meta = {"format": EXPORT_FORMAT, "torch": torch.__version__, "dynamic": dynamic,
             "multiple": multiple if dynamic else 1, "input_hw": None if dynamic else list(example_hw),
             "min_hw": [lo, lo] if dynamic else list(example_hw)}
@@ -77,6 +91,32 @@ def min_size(model: torch.nn.Module, multiple: int = MULTIPLE) -> int:
     ws = max((int(m.window_size) for m in model.modules() if isinstance(getattr(m, "window_size", None), int)),
              default=0)
     return multiple * (ws + 1) if ws else 2 * multiple
+
+
+class MatrixAdaptiveAvgPool2d(torch.nn.Module):
+    """``nn.AdaptiveAvgPool2d(output_size)`` as two averaging matrices: ``(B, C, H, W)`` -> ``(B, C, s_h, s_w)``
+    ``= P_h X P_w^T``, where row ``i`` of ``P`` (``(s, n)``) averages input positions ``floor(i n / s)`` to
+    ``ceil((i + 1) n / s) - 1``, torch's adaptive bins. Equal to ``nn.AdaptiveAvgPool2d`` up to float summation
+    order; used only for tracing (:func:`export_model`), where it stays valid for every dynamic size."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = output_size if isinstance(output_size, tuple) else (output_size, output_size)
+
+    @staticmethod
+    def matrix(n, s: int, like: torch.Tensor) -> torch.Tensor:
+        """Averaging matrix ``(s, n)`` of adaptive pooling from ``n`` to ``s`` positions, ``like``'s dtype."""
+        i = torch.arange(s, device=like.device)[:, None]  # (s, 1)
+        j = torch.arange(n, device=like.device)[None, :]  # (1, n)
+        inside = (j >= torch.div(i * n, s, rounding_mode="floor")) & (j < torch.div((i + 1) * n + s - 1, s,
+                                                                                   rounding_mode="floor"))  # (s, n)
+        m = inside.to(like.dtype)
+        return m / m.sum(1, keepdim=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[-2:]
+        sh, sw = (n if s is None else s for s, n in zip(self.output_size, (H, W), strict=True))
+        return self.matrix(H, sh, x) @ x @ self.matrix(W, sw, x).T  # (s_h, H) @ (B, C, H, W) @ (W, s_w)
 
 
 class _Inference(torch.nn.Module):
@@ -135,3 +175,77 @@ class ProgramModel(torch.nn.Module):
         if isinstance(outs[0], dict):
             return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
         return torch.cat(outs)
+
+
+def _output_names(ep: torch.export.ExportedProgram) -> list[str]:
+    """``["logits"]`` for a tensor output, else the keys of the output dict (the multi-task DeepLab's tasks)."""
+    spec = ep.call_spec.out_spec
+    return [str(k) for k in spec.context] if spec is not None and spec.type is dict else ["logits"]
+
+
+def save_onnx(ep: torch.export.ExportedProgram, meta: dict, path: str | os.PathLike, cfg) -> None:
+    """Write the program ``ep`` (:func:`export_model`) as an ONNX model at ``path``, through ``<path>.tmp`` and a
+    rename. Input ``img`` ``(1, C, H, W)`` float32 with the program's dynamic ``H, W``; outputs named as
+    :func:`_output_names`; metadata ``config.json``, ``export.json`` (``meta``) and ``outputs`` (JSON list).
+
+    Raises:
+        ImportError: naming the optional packages when ``onnx`` or ``onnxscript`` is not installed.
+    """
+    try:
+        import onnx
+        import onnxscript  # noqa: F401 - torch.onnx's exporter needs it
+    except ImportError as e:
+        raise ImportError(f"ONNX export needs the optional packages onnx and onnxscript ({e}); "
+                          "pip install onnx onnxscript") from e
+    names = _output_names(ep)
+    program = torch.onnx.export(ep, (), dynamo=True, input_names=["img"], output_names=names, verbose=False)
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, {"config.json": json.dumps(dataclasses.asdict(cfg)),
+                                        "export.json": json.dumps(meta), "outputs": json.dumps(names)})
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        onnx.save_model(proto, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_onnx(path: str | os.PathLike) -> tuple["OnnxModel", dict, dict]:
+    """Open an ONNX model written by :func:`save_onnx` on ONNX Runtime's CPU provider:
+    ``(network, config dict, export.json dict)``; the network is an :class:`OnnxModel`.
+
+    Raises:
+        ImportError: when ``onnxruntime`` is not installed. ValueError: naming the file when ONNX Runtime cannot
+        read it or it lacks iceseg's metadata.
+    """
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise ImportError(f"running an ONNX model needs the optional package onnxruntime ({e}); "
+                          "pip install onnxruntime") from e
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...)
+        raise ValueError(f"{path}: not an ONNX model ONNX Runtime can run ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200]})") from e
+    props = session.get_modelmeta().custom_metadata_map
+    if not all(k in props for k in ("config.json", "export.json", "outputs")):
+        raise ValueError(f"{path}: an ONNX model without iceseg's config.json/export.json/outputs metadata "
+                         "(write it with dev/export.py --format onnx)")
+    return OnnxModel(session, json.loads(props["outputs"])), json.loads(props["config.json"]), \
+        json.loads(props["export.json"])
+
+
+class OnnxModel:
+    """An ONNX Runtime session of one image run over a batch, as :class:`ProgramModel`: ``(B, C, H, W)`` float32
+    tensor -> ``(B, K', H, W)`` tensor, or a dict of them keyed by the output names."""
+
+    def __init__(self, session, names: list[str]):
+        self.session, self.names = session, names
+
+    def __call__(self, img: torch.Tensor):
+        outs = [self.session.run(self.names, {"img": img[i:i + 1].detach().float().cpu().numpy()})
+                for i in range(img.shape[0])]  # each: one (1, K', H, W) array per output name
+        cat = [torch.cat([torch.from_numpy(o[j]) for o in outs]) for j in range(len(self.names))]
+        return cat[0] if self.names == ["logits"] else dict(zip(self.names, cat, strict=True))

@@ -255,6 +255,30 @@ def test_outputs_georeferencing_nodata_and_coverage(tmp_path, monkeypatch):
     assert not list(out.glob("*.tmp"))
 
 
+def test_bf16_predict_stores_bf16_weights_and_equals_autocast_of_the_fp32_model(tmp_path, monkeypatch):
+    """--amp bf16: predict.py builds the model with its linear/conv weights in bf16 (iceseg.fast.autocast_weights);
+    its probabilities equal those of the fp32-weight model tiled under the same autocast."""
+    from iceseg.segmentor import build_inference_model
+    from iceseg.transforms import build_transforms
+
+    ckpt = save_checkpoint(tmp_path, "icesegnet_yrcc2_debug")
+    cfg = configs.get_config("icesegnet_yrcc2_debug")
+    scene = write_scene(tmp_path / "river.tif", np.random.default_rng(4).integers(0, 256, (64, 80, 3)).astype(np.uint8))
+    built = []
+    real = predict.build_inference_model
+    monkeypatch.setattr(predict, "build_inference_model", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    run_predict(monkeypatch, scene, "--checkpoint", ckpt, "--out", tmp_path / "out", "--probs", "--amp", "bf16",
+                "--eval.crop_size=(48,48)", "--eval.stride=(32,32)")
+    assert {p.dtype for p in built[0].parameters()} == {torch.bfloat16, torch.float32}
+    fp32 = build_inference_model(cfg, torch.load(ckpt, weights_only=True)["model"], torch.device("cpu"))
+    assert {p.dtype for p in fp32.parameters()} == {torch.float32}
+    logits, _, _ = run_tiled(fp32, open_raster(scene, 3), (48, 48), (32, 32), cfg.eval.blend, autocast=torch.bfloat16,
+                             size_divisor=cfg.eval.size_divisor, transform=build_transforms(cfg.data.test_pipeline),
+                             channels_last=cfg.train.channels_last)
+    probs = (logits.softmax(0) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # (H, W, K)
+    assert np.array_equal(tifffile.imread(tmp_path / "out" / "river_probs.tif"), probs)
+
+
 def test_skip_existing_all_nodata_and_no_georeferencing(tmp_path, monkeypatch, capsys):
     ckpt = save_checkpoint(tmp_path, "unetpp_glacier_debug")
     scenes = tmp_path / "scenes"
