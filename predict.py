@@ -476,8 +476,9 @@ def main() -> None:
     out = Path(args.out)
     check_out_dir(out)
     size_divisor = E.size_divisor
+    amp_name = args.amp or E.amp or "none"  # --amp, else eval.amp (no autocast when "")
     if program is not None:
-        check_program(args.checkpoint, export_meta, E.crop_size, args.amp or E.amp or "none", cfg.train.device)
+        check_program(args.checkpoint, export_meta, E.crop_size, amp_name, cfg.train.device)
         size_divisor = math.lcm(size_divisor, export_meta["multiple"])
     problems = []
     for path in scenes:  # headers of every scene first: all bad files reported at once, before any model runs
@@ -493,17 +494,17 @@ def main() -> None:
                          f"{len(problems)} of {len(scenes)} scenes cannot be read:\n  " + "\n  ".join(problems))
 
     rank, world, device = dist.init_distributed("cpu" if program is not None else cfg.train.device)
+    amp = autocast_dtype(amp_name, device)
     if program is not None:
         model = program
     else:
         model = build_inference_model(cfg, unwrap_state_dict(ckpt), device, str(args.checkpoint),
-                                      ckpt.get("config"), autocast_dtype(args.amp or E.amp or "none", device))
+                                      ckpt.get("config"), amp)  # bf16/fp16 weights under that autocast
     if E.resize:
         dist.print0(f"note: eval.resize {tuple(E.resize)} resizes whole {cfg.data.dataset} images in test.py; "
                     "predict.py runs at the scene's own pixel size")
     if autoice:
         model = StackedTasks(model, autoice_tasks(cfg))
-    amp = autocast_dtype(args.amp or E.amp or "none", device)  # --amp, else eval.amp (no autocast when "")
     predictor = TiledPredictor(model, E.crop_size, E.stride, size_divisor, args.blend or E.blend, args.batch_size,
                                build_transforms(D.test_pipeline), device, amp,
                                cfg.train.channels_last and program is None)

@@ -134,12 +134,25 @@ def save_program(ep: torch.export.ExportedProgram, meta: dict, path: str | os.Pa
     """Write ``ep`` to ``path`` (``.pt2``) with ``config.json`` (the config dataclass as plain data, what
     ``configs.from_dict`` reads) and ``export.json`` (``meta``, as :func:`export_model` returned it), through
     ``<path>.tmp`` and a rename."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: torch.export.save wants a .pt2 name otherwise
+            torch.export.save(ep, f, extra_files=_records(meta, cfg))
+
+    _write_atomically(path, write)
+
+
+def _records(meta: dict, cfg) -> dict[str, str]:
+    """The ``config.json`` and ``export.json`` records stored with a program, as JSON text."""
+    return {"config.json": json.dumps(dataclasses.asdict(cfg)), "export.json": json.dumps(meta)}
+
+
+def _write_atomically(path: str | os.PathLike, write) -> None:
+    """``write(tmp)`` the whole file to ``<path>.tmp``, then rename it to ``path``; the temporary file is removed
+    whatever happens."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:  # a file object: torch.export.save wants a .pt2 name otherwise
-            torch.export.save(ep, f, extra_files={"config.json": json.dumps(dataclasses.asdict(cfg)),
-                                                   "export.json": json.dumps(meta)})
+        write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -200,15 +213,8 @@ def save_onnx(ep: torch.export.ExportedProgram, meta: dict, path: str | os.PathL
     names = _output_names(ep)
     program = torch.onnx.export(ep, (), dynamo=True, input_names=["img"], output_names=names, verbose=False)
     proto = program.model_proto
-    onnx.helper.set_model_props(proto, {"config.json": json.dumps(dataclasses.asdict(cfg)),
-                                        "export.json": json.dumps(meta), "outputs": json.dumps(names)})
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        onnx.save_model(proto, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    onnx.helper.set_model_props(proto, {**_records(meta, cfg), "outputs": json.dumps(names)})
+    _write_atomically(path, lambda tmp: onnx.save_model(proto, str(tmp)))
 
 
 def load_onnx(path: str | os.PathLike) -> tuple["OnnxModel", dict, dict]:
