@@ -19,6 +19,14 @@ and can be left out (``optimize(model, linear=False, ...)`` or not calling it at
   in place (mmseg's order), so no second ``(B*nW, nH, N, N)`` buffer exists. Under autocast the logits are
   first promoted to the bias's fp32, as the reference's out-of-place sum promotes them, so the softmax runs
   in fp32 there too.
+- ``gather_windows``: Swin blocks run ``qkv`` and ``proj`` on the ``H*W`` tokens of the map instead of the
+  ``Hp*Wp`` tokens padded to whole windows, and pad, shift and partition into windows with one gather (and
+  reverse with one): a padded token is zero after the reference's padding, so its ``qkv`` row is the layer's
+  bias, which the gather reads from one extra zero token's row; ``proj`` is per token, so projecting only the
+  tokens kept after cropping gives the same map. Same products per kept token; fewer tokens through the two
+  linears wherever a stage's size is not a multiple of the window (Swin-L at 512x512: 1225 -> 1024 tokens in
+  stage 3, 441 -> 256 in stage 4). Not applied in training with ``proj_drop > 0`` (the dropout mask would be
+  drawn over other tokens than the reference's).
 - ``recompute_act``: in training, the GELU (and dropout, same RNG) of Swin MLPs at least ``recompute_min_dim``
   wide is recomputed in backward instead of being kept for fc2's weight gradient (torch selective activation
   checkpointing that keeps the matrix products); bit-identical gradients, one GELU more per such block. The
@@ -43,7 +51,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
-from iceseg.models.swin import Mlp, SwinTransformer, WindowAttention
+from iceseg.models.swin import Mlp, SwinTransformer, SwinTransformerBlock, WindowAttention
 from iceseg.models.uper import ConvModule, UPerHead, resize
 
 
@@ -86,10 +94,64 @@ class InPlaceWindowAttention(WindowAttention):
         return attn
 
 
+_WINDOW_INDEX: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def window_token_index(H: int, W: int, ws: int, shift: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token gathers equal to :class:`iceseg.models.swin.SwinTransformerBlock`'s pad, cyclic shift and window
+    partition of an ``H x W`` map, and their inverse. Cached per arguments.
+
+    Returns:
+        ``(idx, inv)``, int64: ``idx`` ``(Hp*Wp,)`` in window order (:func:`iceseg.models.swin.window_partition`'s)
+        holds, for each windowed position, the row-major index ``r*W + c`` of the map token it reads after
+        ``roll(pad(x), -shift)``, or ``H*W`` for a padded position; ``inv`` ``(H*W,)`` the windowed position of
+        each map token (``idx[inv] == arange(H*W)``).
+    """
+    key = (H, W, ws, shift, str(device))
+    if key not in _WINDOW_INDEX:
+        Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
+        r = (torch.arange(Hp) + shift) % Hp  # padded-map row that the shifted map's row shows
+        c = (torch.arange(Wp) + shift) % Wp
+        grid = torch.where((r[:, None] < H) & (c[None, :] < W), r[:, None] * W + c[None, :], H * W)  # (Hp, Wp)
+        idx = grid.view(Hp // ws, ws, Wp // ws, ws).permute(0, 2, 1, 3).reshape(-1)  # (Hp*Wp,) window order
+        inv = torch.empty(H * W, dtype=torch.long)
+        kept = idx < H * W
+        inv[idx[kept]] = torch.arange(idx.numel())[kept]
+        _WINDOW_INDEX[key] = idx.to(device), inv.to(device)
+    return _WINDOW_INDEX[key]
+
+
+class GatheredWindowBlock(SwinTransformerBlock):
+    """:class:`iceseg.models.swin.SwinTransformerBlock` with ``qkv``/``proj`` on the unpadded tokens and the
+    pad, shift and window partition (and reverse) as gathers (:func:`window_token_index`)."""
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.training and self.attn.proj_drop.p > 0:
+            return super().forward(x, attn_mask)
+        x = x + self.drop_path(self.window_attention(x, attn_mask if self.shift_size else None))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def window_attention(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``(B, H, W, C)`` -> the (shifted-)window attention branch ``(B, H, W, C)`` (before drop path)."""
+        B, H, W, C = x.shape
+        ws, attn = self.window_size, self.attn
+        idx, inv = window_token_index(H, W, ws, self.shift_size, x.device)
+        # one name for all steps, so the padded tokens, the unpadded qkv and the windowed qkv are freed in turn
+        x = attn.qkv(F.pad(self.norm1(x).reshape(B, H * W, C), (0, 0, 0, 1)))  # (B, H*W+1, 3C): last token 0
+        x = x.index_select(1, idx).view(-1, ws * ws, 3 * C)  # (B*nW, N, 3C); padded rows = the qkv bias
+        x = attn.attend(x, mask).view(B, -1, C).index_select(1, inv)  # (B, H*W, C) map order
+        return attn.proj_drop(attn.proj(x)).view(B, H, W, C)
+
+
 def _save_only_products(ctx, func, *args, **kwargs) -> CheckpointPolicy:
     """Selective-checkpoint policy: keep matrix-product outputs, recompute the rest (GELU, dropout, views)."""
     products = (torch.ops.aten.convolution.default, torch.ops.aten.addmm.default, torch.ops.aten.mm.default)
     return CheckpointPolicy.MUST_SAVE if func in products else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _recompute_all_but_products():
+    """``context_fn`` of ``torch.utils.checkpoint`` (a module-level function: torch.compile traces no lambda)."""
+    return create_selective_checkpoint_contexts(_save_only_products)
 
 
 class RecomputeMlp(Mlp):
@@ -97,9 +159,8 @@ class RecomputeMlp(Mlp):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(
-                super().forward, x, use_reentrant=False,
-                context_fn=lambda: create_selective_checkpoint_contexts(_save_only_products))
+            return torch.utils.checkpoint.checkpoint(super().forward, x, use_reentrant=False,
+                                                     context_fn=_recompute_all_but_products)
         return super().forward(x)
 
 
@@ -128,13 +189,14 @@ def _sliced(cls: type) -> type:
     return _SUBCLASSES[cls]
 
 
-def optimize(model: nn.Module, linear: bool = True, attention: bool = True, recompute_act: bool = True,
-             fpn_bottleneck: bool = True, recompute_min_dim: int = 768) -> nn.Module:
+def optimize(model: nn.Module, linear: bool = True, attention: bool = True, gather_windows: bool = True,
+             recompute_act: bool = True, fpn_bottleneck: bool = True, recompute_min_dim: int = 768) -> nn.Module:
     """Apply the fast paths of this module to ``model`` in place (class swaps; parameters untouched).
 
     Args:
         model: any module built from ``iceseg.models`` (or containing such modules).
-        linear, attention, recompute_act, fpn_bottleneck: which paths to apply (module docstring).
+        linear, attention, gather_windows, recompute_act, fpn_bottleneck: which paths to apply (module
+            docstring).
         recompute_min_dim: ``recompute_act`` applies to MLPs whose input has at least this many channels
             (0: every MLP).
 
@@ -147,6 +209,8 @@ def optimize(model: nn.Module, linear: bool = True, attention: bool = True, reco
                 m.__class__ = OneDNNLinear
             elif attention and type(m) is WindowAttention:
                 m.__class__ = InPlaceWindowAttention
+            elif gather_windows and type(m) is SwinTransformerBlock:
+                m.__class__ = GatheredWindowBlock
             elif (recompute_act and type(m) is Mlp and not swin.config.with_cp
                   and m.fc1.in_features >= recompute_min_dim):
                 m.__class__ = RecomputeMlp

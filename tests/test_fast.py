@@ -9,14 +9,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import configs
 from iceseg.fast import (
+    GatheredWindowBlock,
     InPlaceWindowAttention,
     OneDNNLinear,
     RecomputeMlp,
     autocast_weights,
     fuse_conv_bn,
     optimize,
+    window_token_index,
 )
-from iceseg.models.swin import Mlp
+from iceseg.models.swin import Mlp, SwinTransformerBlock, shift_window_mask, window_partition
 from iceseg.segmentor import build_model
 
 
@@ -41,7 +43,7 @@ def test_optimized_model_equals_the_reference_model(name):
     assert fast.state_dict().keys() == ref.state_dict().keys()
     if name.startswith(("icesegnet", "knet")):  # Swin backbone and a UPerHead: every path applies
         kinds = {type(m).__name__ for m in fast.modules()}
-        assert {"OneDNNLinear", "InPlaceWindowAttention", "RecomputeMlp"} <= kinds, kinds
+        assert {"OneDNNLinear", "InPlaceWindowAttention", "GatheredWindowBlock", "RecomputeMlp"} <= kinds, kinds
         assert any(k.startswith("Sliced") for k in kinds), kinds
     x, y = _batch(cfg)
     with torch.no_grad():
@@ -113,14 +115,79 @@ def test_optimize_is_idempotent_and_switchable():
     model = build_model(cfg)
     once = sorted(type(m).__name__ for m in optimize(model).modules())
     assert sorted(type(m).__name__ for m in optimize(model).modules()) == once
-    plain = optimize(build_model(cfg), linear=False, attention=False, recompute_act=False, fpn_bottleneck=False)
-    assert not {"OneDNNLinear", "InPlaceWindowAttention", "RecomputeMlp"} & {type(m).__name__ for m in plain.modules()}
+    plain = optimize(build_model(cfg), linear=False, attention=False, gather_windows=False, recompute_act=False,
+                     fpn_bottleneck=False)
+    assert not {"OneDNNLinear", "InPlaceWindowAttention", "GatheredWindowBlock", "RecomputeMlp"} & {
+        type(m).__name__ for m in plain.modules()}
     assert isinstance(next(m for m in model.modules() if isinstance(m, InPlaceWindowAttention)), InPlaceWindowAttention)
     from iceseg.models.swin import SwinTransformer, swin_large
     swin = optimize(SwinTransformer(swin_large()))  # recompute_act on the MLPs of >= 768 channels only
     wide = {m.fc1.in_features for m in swin.modules() if isinstance(m, RecomputeMlp)}
     narrow = {m.fc1.in_features for m in swin.modules() if type(m).__name__ == "Mlp"}
     assert wide == {768, 1536} and narrow == {192, 384}
+
+
+@pytest.mark.parametrize("shift", [0, 3])
+@pytest.mark.parametrize(("H", "W"), [(14, 21), (9, 16), (1, 1)])
+def test_window_token_index_is_pad_shift_partition(H, W, shift):
+    """The gather reads, window by window, the tokens that pad -> roll -> window_partition put there."""
+    ws = 7
+    Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
+    ids = torch.arange(1, H * W + 1, dtype=torch.float64).view(1, H, W, 1)  # token r*W + c holds r*W + c + 1
+    padded = torch.nn.functional.pad(ids, (0, 0, 0, Wp - W, 0, Hp - H))  # padded tokens hold 0
+    expected = window_partition(torch.roll(padded, (-shift, -shift), (1, 2)), ws).reshape(-1)  # (Hp*Wp,)
+    idx, inv = window_token_index(H, W, ws, shift, "cpu")
+    table = torch.cat([ids.reshape(-1), torch.zeros(1, dtype=torch.float64)])  # the extra zero token last
+    assert torch.equal(table[idx], expected)
+    assert torch.equal(idx[inv], torch.arange(H * W))
+
+
+@pytest.mark.parametrize(("H", "W", "shift"), [(14, 14, 0), (14, 14, 3), (12, 19, 0), (12, 19, 3), (3, 5, 3)])
+def test_gathered_window_block_equals_the_block(H, W, shift):
+    """qkv/proj on the unpadded tokens + gathers == pad, shift, partition, attention, reverse (outputs, input and
+    parameter gradients), batch of 2; and the reference path with proj_drop in training."""
+    torch.manual_seed(0)
+    ref = SwinTransformerBlock(32, 4, 7, shift, drop_path=0.2)
+    fast = copy.deepcopy(ref)
+    fast.__class__ = GatheredWindowBlock
+    ws = 7
+    mask = shift_window_mask(-(-H // ws) * ws, -(-W // ws) * ws, ws, shift) if shift else None
+    x = torch.randn(2, H, W, 32, requires_grad=True)
+    results = []
+    for m in (ref, fast):
+        torch.manual_seed(1)  # same drop-path draws
+        y = m(x, mask)
+        y.pow(2).sum().backward()
+        results.append((y.detach(), x.grad.clone(), {n: p.grad.clone() for n, p in m.named_parameters()}))
+        x.grad = None
+    (y0, gx0, gp0), (y1, gx1, gp1) = results
+    torch.testing.assert_close(y1, y0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gx1, gx0, atol=1e-5, rtol=1e-5)
+    for n, g in gp0.items():
+        torch.testing.assert_close(gp1[n], g, atol=1e-5, rtol=1e-5, msg=n)
+    fast.attn.proj_drop.p = 0.1  # dropout drawn over the reference's tokens: the reference path itself
+    ref.attn.proj_drop.p = 0.1
+    outs = []
+    for m in (ref, fast):
+        torch.manual_seed(2)
+        outs.append(m(x, mask))
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.filterwarnings("ignore:.*context_fn is passed to torch.utils.checkpoint")
+def test_recompute_mlp_traces_under_torch_compile():
+    """train.compile applies torch.compile after the fast paths: dynamo must trace the selective checkpoint
+    (it cannot trace a lambda as its context_fn); the eager backend traces without code generation."""
+    torch.manual_seed(0)
+    mlp = Mlp(16, 64).train()
+    mlp.__class__ = RecomputeMlp
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    ref = mlp(x)
+    (gx,) = torch.autograd.grad(ref.sum(), x)
+    torch._dynamo.reset()
+    out = torch.compile(mlp, backend="eager", fullgraph=True)(x)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(torch.autograd.grad(out.sum(), x)[0], gx)
 
 
 @pytest.mark.filterwarnings("ignore:TF32 acceleration")  # emitted by mkldnn.flags() on CPU builds

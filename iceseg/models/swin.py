@@ -163,12 +163,13 @@ class WindowAttention(nn.Module):
         nW = mask.shape[0]
         return (attn.view(B_ // nW, nW, nH, N, N) + mask[None, :, None]).view(B_, nH, N, N)  # (B*nW, nH, N, N)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` ``(B*nW, N, C)`` window tokens (as :func:`window_partition` orders them), optional additive
-        ``mask`` ``(nW, N, N)`` shared by all images -> ``(B*nW, N, C)``."""
-        B_, N, C = x.shape
+    def attend(self, qkv: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention of projected window tokens ``qkv`` ``(B*nW, N, 3C)`` (the output of ``self.qkv``), optional
+        additive ``mask`` ``(nW, N, N)`` shared by all images -> per-head outputs concatenated ``(B*nW, N, C)``,
+        before ``self.proj``."""
+        B_, N, C = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         nH, hd = self.num_heads, self.head_dim
-        qkv = self.qkv(x).view(B_, N, 3, nH, hd).permute(2, 0, 3, 1, 4)  # (3, B*nW, nH, N, hd)
+        qkv = qkv.view(B_, N, 3, nH, hd).permute(2, 0, 3, 1, 4)  # (3, B*nW, nH, N, hd)
         q, k, v = qkv.unbind(0)  # each (B*nW, nH, N, hd)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]  # (N*N, nH)
         bias = bias.view(N, N, nH).permute(2, 0, 1)  # (nH, N, N)
@@ -182,8 +183,12 @@ class WindowAttention(nn.Module):
         else:
             attn = self.attention_logits(q, k, bias, mask)  # (B*nW, nH, N, N)
             out = self.attn_drop(attn.softmax(dim=-1)) @ v  # (B*nW, nH, N, hd)
-        out = out.reshape(B_, nH, N, hd).transpose(1, 2).reshape(B_, N, C)  # (B*nW, N, C)
-        return self.proj_drop(self.proj(out))
+        return out.transpose(1, 2).reshape(B_, N, C)  # (B*nW, N, C)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` ``(B*nW, N, C)`` window tokens (as :func:`window_partition` orders them), optional additive
+        ``mask`` ``(nW, N, N)`` shared by all images -> ``(B*nW, N, C)``."""
+        return self.proj_drop(self.proj(self.attend(self.qkv(x), mask)))
 
 
 class SwinTransformerBlock(nn.Module):
