@@ -54,6 +54,8 @@ from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint
 from iceseg.models.swin import Mlp, SwinTransformer, SwinTransformerBlock, WindowAttention
 from iceseg.models.uper import ConvModule, UPerHead, resize
 
+_MKLDNN_BUILT = torch.backends.mkldnn.is_available()  # a property of the build; read once (dynamo cannot trace it)
+
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear`` ``(..., C_in)`` -> ``(..., C_out)``; without autograd, on CPU fp32 with >= 256 tokens, a
@@ -64,7 +66,7 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """
     grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     if grad or not (x.is_cpu and x.dtype == torch.float32 and x.numel() >= 256 * x.shape[-1] > 0
-                    and torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()):
+                    and torch.backends.mkldnn.enabled and _MKLDNN_BUILT):
         return F.linear(x, weight, bias)
     lead = x.shape[:-1]
     x = x.reshape(1, -1, 1, x.shape[-1]).permute(0, 3, 1, 2)  # (1, C_in, L, 1): channels-last view

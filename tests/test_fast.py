@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import configs
@@ -175,6 +176,18 @@ def test_gathered_window_block_equals_the_block(H, W, shift):
 
 
 @pytest.mark.filterwarnings("ignore:.*context_fn is passed to torch.utils.checkpoint")
+def test_onednn_linear_traces_whole_under_torch_compile():
+    """Compiled inference (train.compile with test.py): dynamo traces the oneDNN linear with no graph break
+    (a break in every Swin block hit dynamo's recompile limit), for two token counts, equal to F.linear."""
+    torch.manual_seed(0)
+    lin = OneDNNLinear(32, 48).eval()
+    compiled = torch.compile(lin, backend="eager", fullgraph=True, dynamic=True)
+    with torch.no_grad():
+        for L in (300, 517):
+            x = torch.randn(2, L, 32)
+            torch.testing.assert_close(compiled(x), F.linear(x, lin.weight, lin.bias), rtol=0, atol=1e-5)
+
+
 def test_recompute_mlp_traces_under_torch_compile():
     """train.compile applies torch.compile after the fast paths: dynamo must trace the selective checkpoint
     (it cannot trace a lambda as its context_fn); the eager backend traces without code generation."""
