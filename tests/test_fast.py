@@ -135,7 +135,7 @@ def test_window_token_index_is_pad_shift_partition(H, W, shift):
     ws = 7
     Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
     ids = torch.arange(1, H * W + 1, dtype=torch.float64).view(1, H, W, 1)  # token r*W + c holds r*W + c + 1
-    padded = torch.nn.functional.pad(ids, (0, 0, 0, Wp - W, 0, Hp - H))  # padded tokens hold 0
+    padded = F.pad(ids, (0, 0, 0, Wp - W, 0, Hp - H))  # padded tokens hold 0
     expected = window_partition(torch.roll(padded, (-shift, -shift), (1, 2)), ws).reshape(-1)  # (Hp*Wp,)
     idx, inv = window_token_index(H, W, ws, shift, "cpu")
     table = torch.cat([ids.reshape(-1), torch.zeros(1, dtype=torch.float64)])  # the extra zero token last
@@ -175,7 +175,6 @@ def test_gathered_window_block_equals_the_block(H, W, shift):
     assert torch.equal(outs[0], outs[1])
 
 
-@pytest.mark.filterwarnings("ignore:.*context_fn is passed to torch.utils.checkpoint")
 def test_onednn_linear_traces_whole_under_torch_compile():
     """Compiled inference (train.compile with test.py): dynamo traces the oneDNN linear with no graph break
     (a break in every Swin block hit dynamo's recompile limit), for two token counts, equal to F.linear."""
@@ -188,6 +187,7 @@ def test_onednn_linear_traces_whole_under_torch_compile():
             torch.testing.assert_close(compiled(x), F.linear(x, lin.weight, lin.bias), rtol=0, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:.*context_fn is passed to torch.utils.checkpoint")
 def test_recompute_mlp_traces_under_torch_compile():
     """train.compile applies torch.compile after the fast paths: dynamo must trace the selective checkpoint
     (it cannot trace a lambda as its context_fn); the eager backend traces without code generation."""
