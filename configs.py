@@ -184,6 +184,7 @@ class TrainConfig:
     fast_paths: bool = True  # iceseg.fast.optimize: CPU/GPU fast paths (same results; False = the reference math)
     compile: bool = False  # torch.compile the model for training, evaluate() and test.py
     channels_last: bool = False  # NHWC weights and activations (train.py and test.py): faster convs on CPU and CUDA
+    malloc: str = "keep"  # "keep": glibc keeps freed memory for the next step (iceseg.fast.keep_freed_memory); "default"
     device: str = "auto"  # "auto", "cpu" or "cuda"
     deterministic: bool = False  # deterministic kernels (warn where none exist): resume == uninterrupted run
     nonfinite_patience: int = 5  # stop (last.pt saved) after this many consecutive non-finite steps
@@ -338,7 +339,7 @@ CHOICES = {"train.amp": ("none", "bf16", "fp16"), "train.best_mode": ("max", "mi
            "optim.name": ("adamw", "adam", "sgd"), "schedule.name": ("constant", "cosine", "poly", "plateau"),
            "schedule.plateau_mode": ("", "max", "min"), "train.device": ("auto", "cpu", "cuda"),
            "data.check": ("headers", "full", "none"), "eval.mode": ("whole", "slide"), "eval.blend": ("hann", "mean"),
-           "eval.amp": ("", "none", "bf16", "fp16")}
+           "eval.amp": ("", "none", "bf16", "fp16"), "train.malloc": ("keep", "default")}
 
 
 def validate(cfg: Config) -> None:

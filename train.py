@@ -50,7 +50,7 @@ from iceseg.checkpoint import (
 )
 from iceseg.data import ResumableSampler, build_train_val, loader_error, prepare_data, skip_bad_samples
 from iceseg.evaluation import build_evaluator, json_safe, to_device
-from iceseg.fast import fuse_conv_bn, optimize
+from iceseg.fast import fuse_conv_bn, keep_freed_memory, optimize
 from iceseg.inference import autocast_dtype, eval_autocast
 from iceseg.schedule import EarlyStopping, Plateau, improved
 from iceseg.segmentor import build_model, convert_sync_batchnorm, param_groups
@@ -60,6 +60,8 @@ cfg, overrides = configs.from_argv(sys.argv[1:], "train.py")  # --help, --list-c
 T, D, O, S = cfg.train, cfg.data, cfg.optim, cfg.schedule
 
 # ----------------------------------------------------------------------------- distributed
+if T.malloc == "keep":  # glibc reuses the pages a step freed (no page faults per step); --train.malloc=default
+    keep_freed_memory()
 if T.deterministic:  # must precede the first cuBLAS call; deterministic cuBLAS needs a fixed workspace
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 rank, world, device = dist.init_distributed(T.device, T.dist_timeout_min)

@@ -2,7 +2,7 @@
 
     python dev/benchmark.py [--cases all|a,b,...] [--repeats 3] [--warmup 0] [--mem-passes 1] [--mem-procs 3] [--device cpu] [--threads 2]
                         [--json bench.json] [--quick] [--no-ref] [--plain] [--amp none|bf16|fp16] [--vs-fp32]
-                        [--compile]
+                        [--compile] [--malloc as-run|glibc|no-mmap]
 
 Dev tool (not part of the library). Each implementation of each case runs in two fresh subprocesses
 (``--worker CASE --impl NAME --what time|memory``) that build our model and, when the reference library imports,
@@ -20,7 +20,8 @@ each measured on its own, and reports the largest. On CPU that is the peak-RSS i
 through ``/proc/self/clear_refs`` and ``VmRSS`` is read; after it, ``VmHWM - VmRSS_before``. The memory process
 starts with glibc's mmap threshold fixed at 1 MiB (``MALLOC_MMAP_THRESHOLD_``, whatever ``--malloc`` says), so
 every block of 1 MiB or more, from the first, is mapped when allocated and unmapped when freed, and RSS follows
-the live tensors plus library scratch (oneDNN's) rather than which free heap pages a block happened to land on.
+the live tensors plus library scratch (oneDNN's) rather than which free heap pages a block happened to land on
+(ours' train steps too: ``train.malloc``, below, applies to the time processes only).
 With glibc's sliding threshold (or one pinned only after the model was built), large blocks reused heap chunks
 freed earlier, a pass's RSS counted every page it touched, and the same pass of the same model varied by up to
 2x between processes (DeepLab 768^2: 157-216 MiB); with the fixed threshold it repeats to ~1 MiB and matches the
@@ -29,6 +30,14 @@ processes still run and the median is reported (all are in the JSON). On CUDA: `
 over the pass minus the memory allocated before it.
 
 A train step is forward + loss + backward + ``AdamW.step`` + ``zero_grad``, batch 1 unless the case says.
+``--malloc as-run`` (default): ours' train steps run with the config's ``train.malloc`` as ``train.py`` sets it
+(``keep``: :func:`iceseg.fast.keep_freed_memory`, applied in the time process once the models are built; recorded
+as each implementation's ``malloc``), the references and our inference with glibc's defaults, as ``test.py`` and
+their libraries run; ``glibc``: glibc's defaults for every process; ``no-mmap``: ``MALLOC_MMAP_MAX_=0`` and no
+trimming for every time process. Since the memory processes measure live tensors, the time process also reports
+``process_rss_mib`` (CPU): how far its resident memory rose over all its passes (``VmHWM`` after them minus
+``VmRSS`` before them, after ``malloc_trim(0)``), under its own allocator setting: what a user's process holds,
+free heap pages included.
 ``--amp bf16|fp16`` runs every pass, ours and each reference, under ``torch.autocast`` of that dtype (weights
 fp32; recorded as ``machine.amp`` in the JSON), so a bf16 and an fp32 run compare case by case; the ``matmul``
 rate cases then measure the autocast product too. ``--vs-fp32`` (with ``--amp``) adds ours without autocast as the
@@ -151,8 +160,10 @@ def _flop_counter():
 
 
 def measure_time(fn, device: torch.device, repeats: int, warmup: int, batch: int, count_flops: bool = True) -> dict:
-    """Run ``fn`` once under FlopCounterMode, ``warmup`` more times, then ``repeats`` timed times."""
+    """Run ``fn`` once under FlopCounterMode, ``warmup`` more times, then ``repeats`` timed times; on CPU also the
+    rise of the process's resident memory over all of them (``process_rss_mib``)."""
     flops = None
+    rss0 = _reset_peak(device) if device.type == "cpu" else None
     t0 = time.perf_counter()
     if count_flops:
         counter = _flop_counter()
@@ -174,7 +185,8 @@ def measure_time(fn, device: torch.device, repeats: int, warmup: int, batch: int
         times.append(time.perf_counter() - t)
     med = statistics.median(times)
     return {"median_s": med, "min_s": min(times), "times_s": times, "first_s": first, "images_per_s": batch / med,
-            "flops": flops, "gflops_per_s": flops / med / 1e9 if flops else None}
+            "flops": flops, "gflops_per_s": flops / med / 1e9 if flops else None,
+            "process_rss_mib": _peak(device) - rss0 if rss0 is not None else None}
 
 
 def measure_memory(fn, device: torch.device, passes: int) -> dict:
@@ -256,6 +268,9 @@ def case_matmul_onednn(s, device, quick, use_ref):
     return {"batch": 1, "impls": {"ours": lambda: F.conv2d(a, b)}, "refs_found": {}}
 
 
+_OURS_TRAIN_MALLOC: dict = {}  # {"malloc": train.malloc of the config our train-step case runs}
+
+
 def _ours_as_configured(model, config: str, train: bool):
     """Our model (weights loaded) the way train.py (``train``) or test.py runs config ``config``:
     ``(model, optim.fused)``. ``iceseg.fast.optimize`` applied (``train.fast_paths``) unless ``--plain``;
@@ -268,6 +283,8 @@ def _ours_as_configured(model, config: str, train: bool):
     from iceseg.inference import autocast_dtype
 
     cfg = configs.get_config(config)
+    if train:  # read by worker(): train.py applies train.malloc to its whole process
+        _OURS_TRAIN_MALLOC["malloc"] = cfg.train.malloc
     plain = os.environ.get("ICESEG_BENCH_PLAIN") == "1"
     if cfg.train.fast_paths and not plain:
         optimize(model)
@@ -576,6 +593,16 @@ def worker(args) -> dict:
     fns = {args.impl: _autocast(built["impls"][args.impl], device, args.amp)} if args.impl in built["impls"] else {}
     built.clear()  # drop the other implementation (its model) before measuring
     gc.collect()
+    malloc = "glibc"  # ours' train step as train.py runs it: train.malloc="keep" -> iceseg.fast.keep_freed_memory
+    if (args.malloc == "as-run" and args.what == "time" and args.impl not in refs_found
+            and _OURS_TRAIN_MALLOC.get("malloc") == "keep"):
+        from iceseg.fast import keep_freed_memory
+
+        malloc = "keep" if keep_freed_memory() else "glibc"
+    elif args.malloc == "no-mmap" and args.what == "time":
+        malloc = "no-mmap"
+    elif args.what == "memory":
+        malloc = "mmap-1MiB"
     for name, fn in fns.items():
         try:
             if args.what == "memory":
@@ -588,7 +615,7 @@ def worker(args) -> dict:
                 m["gflops_per_s"] = m["flops"] / m["median_s"] / 1e9
         except Exception as e:  # noqa: BLE001 - e.g. out of memory; keep the other implementation's figures
             m = {"error": f"{type(e).__name__}: {e}"[:300]}
-        res["impls"][name] = m
+        res["impls"][name] = {**m, "malloc": malloc}
         gc.collect()
     return res
 
@@ -614,7 +641,7 @@ def machine_info(args) -> dict:
 
 def table(report: dict) -> str:
     peak, dnn = (report["machine"].get(k) for k in ("matmul_gflops_per_s", "onednn_gflops_per_s"))
-    head = f"{'case':26s} {'impl':11s} {'median s':>9s} {'img/s':>8s} {'peak MiB':>9s} {'GFLOP':>8s} " \
+    head = f"{'case':26s} {'impl':11s} {'median s':>9s} {'img/s':>8s} {'peak MiB':>9s} {'RSS MiB':>8s} {'GFLOP':>8s} " \
            f"{'GFLOP/s':>8s} {'%mm':>5s} {'%dnn':>5s} {'t ratio':>7s} {'m ratio':>7s}"
     lines = [head, "-" * len(head)]
     for c in report["cases"]:
@@ -629,7 +656,8 @@ def table(report: dict) -> str:
             gf = m.get("gflops_per_s")
             pct = " ".join(f"{100 * gf / r:5.0f}" if gf and r and c["case"] not in RATES else "    -" for r in (peak, dnn))
             lines.append(f"{c['case']:26s} {name:11s} {m['median_s']:9.3f} {m['images_per_s']:8.3f} "
-                         f"{m.get('peak_mem_mib', float('nan')):9.0f} {(m['flops'] or 0) / 1e9:8.1f} {gf or 0:8.1f} {pct} "
+                         f"{m.get('peak_mem_mib', float('nan')):9.0f} {m.get('process_rss_mib') or float('nan'):8.0f} "
+                         f"{(m['flops'] or 0) / 1e9:8.1f} {gf or 0:8.1f} {pct} "
                          + (f"{r['time']:7.3f} {r['memory'] or float('nan'):7.3f}" if r else f"{'':7s} {'':7s}"))
         if "fp32" in c["ratios"]:
             lines.append(f"{'':26s} {report['machine']['amp']} speed-up over our fp32: {1 / c['ratios']['fp32']['time']:.2f}x")
@@ -640,8 +668,9 @@ def table(report: dict) -> str:
             if str(msg).startswith("not available"):
                 lines.append(f"{'':26s} {ref:11s} {msg[:100]}")
     lines.append("t ratio / m ratio (on each reference row): ours / reference for median time and peak memory "
-                 "(< 1: ours faster / smaller); %mm / %dnn: achieved GFLOP/s as a share of the matmul / matmul_onednn "
-                 "GFLOP/s")
+                 "(< 1: ours faster / smaller); RSS MiB: the time process's resident-memory rise over its passes "
+                 "(its allocator setting: JSON 'malloc'); %mm / %dnn: achieved GFLOP/s as a share of the matmul / "
+                 "matmul_onednn GFLOP/s")
     return "\n".join(lines)
 
 
@@ -657,7 +686,7 @@ def _run_worker(args, env: dict, name: str, impl: str, what: str) -> dict:
         return part
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--impl", impl, "--what", what,
            "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--mem-passes", str(args.mem_passes),
-           "--device", args.device, "--threads", str(args.threads), "--amp", args.amp] + ["--quick"] * args.quick + ["--no-ref"] * args.no_ref
+           "--device", args.device, "--threads", str(args.threads), "--amp", args.amp, "--malloc", args.malloc] + ["--quick"] * args.quick + ["--no-ref"] * args.no_ref
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT, env=env)
     except subprocess.TimeoutExpired:
@@ -685,8 +714,10 @@ def main(argv=None) -> int:
     ap.add_argument("--plain", action="store_true",
                     help="ours without iceseg.fast (optimize, BN folding): the reference math as the model files hold it")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per case subprocess")
-    ap.add_argument("--malloc", choices=("default", "no-mmap"), default="default",
-                    help="no-mmap: glibc MALLOC_MMAP_MAX_=0 + no trimming for the time workers (reuses freed pages)")
+    ap.add_argument("--malloc", choices=("as-run", "glibc", "no-mmap"), default="as-run",
+                    help="as-run: our train steps with the config's train.malloc (as train.py sets it), references "
+                         "with glibc's defaults; glibc: glibc's defaults for all; no-mmap: MALLOC_MMAP_MAX_=0 + no "
+                         "trimming for every time worker")
     ap.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
                     help="run every case, ours and each reference, under this autocast (weights stay fp32)")
     ap.add_argument("--vs-fp32", action="store_true",
@@ -717,7 +748,7 @@ def main(argv=None) -> int:
     env = dict(os.environ)
     if args.malloc == "no-mmap":  # glibc: serve every block from the heap and keep it: no page faults per pass
         env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**40))
-    report["machine"]["malloc"] = args.malloc  # for the time processes; memory processes: fixed 1 MiB threshold
+    report["machine"]["malloc"] = args.malloc  # memory processes: fixed 1 MiB threshold unless ours sets train.malloc
     mem_env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     mem_env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
     for name in names:

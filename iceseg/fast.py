@@ -38,11 +38,16 @@ and can be left out (``optimize(model, linear=False, ...)`` or not calling it at
 - :func:`fuse_conv_bn` (inference): BatchNorm folded into the conv before it.
 - :func:`autocast_weights` (inference under autocast): linear and conv weights stored once in the autocast
   dtype, which autocast would otherwise cast from fp32 on every call.
+- :func:`keep_freed_memory` (process-wide, ``train.malloc="keep"``): glibc's malloc serves every block from its
+  heap and keeps freed blocks for the next train step instead of unmapping them (no model change).
 
 Measured effects are in README (Performance) and ``dev/benchmark.py``'s output, not here.
 """
 
+import ctypes
 import itertools
+import platform
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -290,3 +295,30 @@ def autocast_weights(model: nn.Module, dtype: torch.dtype) -> nn.Module:
                 if p is not None and p.is_floating_point():
                     p.data = p.data.to(dtype)
     return model
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc serve every block from its heap and never hand freed heap memory back (process-wide).
+
+    By default glibc maps each block above its mmap threshold (which slides up to 32 MiB) on its own and unmaps it
+    when freed, and trims the heap's free top, so each train step's large activations and gradients arrive in
+    fresh pages that the kernel must map and zero page by page (minor page faults) on first touch, every step.
+    ``mallopt(M_MMAP_MAX, 0)`` serves every block from the heap and ``mallopt(M_TRIM_THRESHOLD, -1)`` keeps the
+    heap's free memory (``man 3 mallopt``), so a step reuses the pages the previous step freed. The same as the
+    environment ``MALLOC_MMAP_MAX_=0`` plus an unbounded ``MALLOC_TRIM_THRESHOLD_``. Tensors and results are
+    unchanged; the resident memory stays at the process's peak between steps instead of falling back.
+    ``malloc_trim(0)`` still returns free heap pages on request. Call it once, early (``train.py`` does, with
+    ``train.malloc="keep"``); blocks mapped before the call are unmapped when freed, as before.
+
+    Returns:
+        True if both settings were applied; False (nothing changed) where the C library is not glibc
+        (macOS, Windows, musl) or ``mallopt`` refused.
+    """
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc <malloc.h>
+    return mallopt(m_mmap_max, 0) == 1 and mallopt(m_trim_threshold, -1) == 1

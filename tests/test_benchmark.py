@@ -61,3 +61,17 @@ def test_amp_run_with_fp32_rows(tmp_path, capsys):
     assert fp32["median_s"] > 0 and fp32["peak_mem_mib"] > 0
     assert case["ratios"]["fp32"]["time"] == pytest.approx(ours["median_s"] / fp32["median_s"])
     assert "bf16 speed-up over our fp32" in capsys.readouterr().out
+
+
+def test_train_step_runs_with_the_configs_malloc(tmp_path):
+    """``--malloc as-run``: our train step as train.py runs it (``train.malloc="keep"``); ``glibc``: defaults."""
+    seen = {}
+    for mode in ("as-run", "glibc"):
+        out = tmp_path / f"{mode}.json"
+        benchmark.main(["--quick", "--no-ref", "--malloc", mode, "--cases", "unetpp_train_512", "--repeats", "1",
+                        "--mem-procs", "1", "--json", str(out)])
+        report = json.loads(out.read_text())
+        assert report["machine"]["malloc"] == mode
+        seen[mode] = report["cases"][0]["impls"]["ours"]["malloc"]
+    keep = "keep" if benchmark.platform.libc_ver()[0] == "glibc" else "glibc"  # mallopt exists in glibc only
+    assert seen == {"as-run": keep, "glibc": "glibc"}

@@ -2,6 +2,11 @@
 
 import collections
 import copy
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -284,3 +289,30 @@ def test_mlp_recompute_act_frees_gelu_output_same_grads(onednn):
         assert torch.equal(a, b)
 
 
+
+
+_STEP_FAULTS = """
+import resource, sys, torch
+from iceseg.fast import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+def step():  # 64 + 16 MiB of activations, every page written, then freed (glibc maps blocks above 32 MiB alone)
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x, y = torch.ones(16 << 20), torch.ones(4 << 20)
+    del x, y
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+print(applied, *[step() for _ in range(10)])
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt settings of glibc")
+def test_keep_freed_memory_reuses_the_pages_a_step_freed():
+    root = Path(__file__).resolve().parents[1]
+    out = {}
+    for mode in ("keep", "glibc"):  # fresh processes: the setting is process-wide
+        proc = subprocess.run([sys.executable, "-c", _STEP_FAULTS, mode], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(root)}, check=True)
+        applied, *faults = proc.stdout.split()
+        out[mode] = (applied, [int(f) for f in faults[2:]])  # the heap settles over the first two steps
+    pages = (80 << 20) // os.sysconf("SC_PAGE_SIZE")  # one step's pages
+    assert min(out["glibc"][1]) > pages // 2, out  # glibc's default: every step faults its large block in again
+    assert out["keep"][0] == "True" and sum(out["keep"][1]) < pages, out  # 8 steps: less than one step's pages
