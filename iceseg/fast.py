@@ -14,7 +14,9 @@ and can be left out (``optimize(model, linear=False, ...)`` or not calling it at
   products, summed in another order, ~1e-6 relative): oneDNN's fp32 forward outruns the sgemm behind
   ``F.linear`` on the CPUs measured, and fewer tokens do not pay for its per-call weight reorder. With
   gradients the conv's backward did not win on every CPU measured, so training keeps ``F.linear``; so do
-  CUDA, other dtypes and ``torch.backends.mkldnn.enabled = False``.
+  CUDA, other dtypes and ``torch.backends.mkldnn.enabled = False``. The conv is the custom op
+  ``iceseg::onednn_linear``, which torch.compile calls as it is (Inductor's own product for it was slower), with
+  ``F.linear``'s FLOPs registered for ``torch.utils.flop_counter``.
 - ``attention``: Swin window attention adds the relative-position bias and the shift mask to the logits
   in place (mmseg's order), so no second ``(B*nW, nH, N, N)`` buffer exists. Under autocast the logits are
   first promoted to the bias's fp32, as the reference's out-of-place sum promotes them, so the softmax runs
@@ -46,6 +48,7 @@ Measured effects are in README (Performance) and ``dev/benchmark.py``'s output, 
 
 import ctypes
 import itertools
+import math
 import platform
 import sys
 
@@ -55,6 +58,7 @@ import torch.utils.checkpoint
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+from torch.utils.flop_counter import register_flop_formula
 
 from iceseg.models.swin import Mlp, SwinTransformer, SwinTransformerBlock, WindowAttention
 from iceseg.models.uper import ConvModule, UPerHead, resize
@@ -73,10 +77,28 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     if grad or not (x.is_cpu and x.dtype == torch.float32 and x.numel() >= 256 * x.shape[-1] > 0
                     and torch.backends.mkldnn.enabled and _MKLDNN_BUILT):
         return F.linear(x, weight, bias)
+    return _onednn_linear_op(x, weight, bias)
+
+
+@torch.library.custom_op("iceseg::onednn_linear", mutates_args=())
+def _onednn_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The oneDNN 1x1 conv of :func:`onednn_linear`, an opaque op for torch.compile (Inductor calls it as is
+    instead of generating its own product, which ran slower than oneDNN's on the CPUs measured)."""
     lead = x.shape[:-1]
     x = x.reshape(1, -1, 1, x.shape[-1]).permute(0, 3, 1, 2)  # (1, C_in, L, 1): channels-last view
     x = F.conv2d(x, weight[:, :, None, None], bias)  # (1, C_out, L, 1) channels-last
     return x.permute(0, 2, 3, 1).reshape(*lead, weight.shape[0])  # (..., C_out)
+
+
+@_onednn_linear_op.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0])  # (..., C_out)
+
+
+@register_flop_formula(torch.ops.iceseg.onednn_linear)
+def _onednn_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of the op for ``torch.utils.flop_counter`` (which cannot see inside it): those of ``F.linear``."""
+    return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
 
 
 class OneDNNLinear(nn.Linear):
