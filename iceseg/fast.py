@@ -50,7 +50,6 @@ import ctypes
 import itertools
 import math
 import platform
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -322,9 +321,10 @@ def autocast_weights(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 def keep_freed_memory() -> bool:
     """Make glibc's malloc serve every block from its heap and never hand freed heap memory back (process-wide).
 
-    By default glibc maps each block above its mmap threshold (which slides up to 32 MiB) on its own and unmaps it
-    when freed, and trims the heap's free top, so each train step's large activations and gradients arrive in
-    fresh pages that the kernel must map and zero page by page (minor page faults) on first touch, every step.
+    By default glibc maps each block above its mmap threshold (which it raises, up to a cap, as such blocks are
+    freed) on its own and unmaps it when freed, and trims the heap's free top, so each train step's large
+    activations and gradients arrive in fresh pages that the kernel must map and zero page by page (minor page
+    faults) on first touch, every step.
     ``mallopt(M_MMAP_MAX, 0)`` serves every block from the heap and ``mallopt(M_TRIM_THRESHOLD, -1)`` keeps the
     heap's free memory (``man 3 mallopt``), so a step reuses the pages the previous step freed. The same as the
     environment ``MALLOC_MMAP_MAX_=0`` plus an unbounded ``MALLOC_TRIM_THRESHOLD_``. Tensors and results are
@@ -336,7 +336,7 @@ def keep_freed_memory() -> bool:
         True if both settings were applied; False (nothing changed) where the C library is not glibc
         (macOS, Windows, musl) or ``mallopt`` refused.
     """
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    if platform.libc_ver()[0] != "glibc":  # ("", "") on macOS and Windows
         return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt

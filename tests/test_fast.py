@@ -303,8 +303,6 @@ def test_mlp_recompute_act_frees_gelu_output_same_grads(onednn):
         assert torch.equal(a, b)
 
 
-
-
 _STEP_FAULTS = """
 import resource, sys, torch
 from iceseg.fast import keep_freed_memory
